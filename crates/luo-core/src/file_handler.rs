@@ -1,0 +1,209 @@
+//! File handlers: what a kind of file needs to be preserved, frozen and restored.
+//!
+//! A [`FileHandler`] mirrors the kernel's `liveupdate_file_ops`. The engine calls
+//! it through a preserved file's life:
+//!
+//! ```text
+//! preserve ─ prepare ─ freeze ─(update)─ deserialize ─ retrieve ─ finish(reclaimed)
+//!    │          │         └─ unfreeze (a later step failed, or rollback)
+//!    │          └─ cancel (CANCEL, a later prepare failed, release)
+//!    └─ unpreserve (UNPRESERVE_FD, release)
+//! ```
+//!
+//! Each handler's per-file state is an opaque byte string (`data`) that it alone
+//! encodes and decodes; it crosses the live update inside the handover image under
+//! the handler's [`compatible`](FileHandler::compatible) string, which names its
+//! format version ("memfd-v1").
+//!
+//! Handlers recognise a file from the fd alone (fstat, fcntl, the `/proc/self/fd`
+//! link) and never do anything that could block on a client's fd: no read of a
+//! FUSE file, no open of a FIFO.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use luo_uapi::Errno;
+use rustix::fs::Stat;
+
+/// The identity of a file: two fds with the same key are the same file, whichever
+/// process opened them.
+///
+/// For most files that is the inode (`st_dev`, `st_ino`). Anonymous-inode files
+/// (eventfd, timerfd, signalfd, ...) all share one inode, so for them `instance`
+/// tells files apart: the `eventfd-id` the kernel reports in fdinfo, or, for kinds
+/// without such an id, a number unique to this call (their duplicates cannot be
+/// recognised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// 0, or which anonymous-inode file this is.
+    pub instance: u64,
+}
+
+impl FileKey {
+    /// The key of `fd`, whose fstat is `st`.
+    #[must_use]
+    pub fn of_file(fd: BorrowedFd<'_>, st: &Stat) -> Self {
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        let instance = if anon_inode() == Some((dev, ino)) { anon_instance(fd) } else { 0 };
+        FileKey { dev, ino, instance }
+    }
+
+    /// The key of `fd`.
+    ///
+    /// # Errors
+    /// The errno of `fstat`.
+    pub fn of(fd: BorrowedFd<'_>) -> Result<Self, Errno> {
+        Ok(Self::of_file(fd, &rustix::fs::fstat(fd)?))
+    }
+}
+
+/// (`st_dev`, `st_ino`) of the kernel's shared anonymous inode, learnt once.
+fn anon_inode() -> Option<(u64, u64)> {
+    static ANON: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    *ANON.get_or_init(|| {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        Some((st.st_dev as u64, st.st_ino as u64))
+    })
+}
+
+/// The `*-id:` line of the fd's fdinfo, or a fresh number no other file gets.
+fn anon_instance(fd: BorrowedFd<'_>) -> u64 {
+    static UNIQUE: AtomicU64 = AtomicU64::new(1 << 63);
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.split_once("-id:").map(|(_, v)| v.trim().parse::<u64>().ok()))
+                .flatten()
+        })
+        .map(|id| id + 1)
+        .unwrap_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One kind of preservable file. See the module docs for the call order.
+///
+/// Every callback gets the daemon's own reference to the file. Callbacks that undo
+/// something (`unpreserve`, `unfreeze`, `cancel`, `finish`) cannot fail: they run
+/// on unhappy paths that must complete.
+pub trait FileHandler: fmt::Debug + Send + Sync {
+    /// The versioned name of this handler and of its `data` format.
+    fn compatible(&self) -> &'static str;
+
+    /// Whether this handler takes `fd`, whose fstat is `stat`. Must not block.
+    fn can_preserve(&self, fd: BorrowedFd<'_>, stat: &Stat) -> bool;
+
+    /// Start preserving `fd`: return the handler's initial per-file data.
+    ///
+    /// # Errors
+    /// Any errno; the file is then not preserved.
+    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno>;
+
+    /// Undo [`preserve`](Self::preserve).
+    fn unpreserve(&self, _fd: BorrowedFd<'_>, _data: &[u8]) {}
+
+    /// PREPARE: save what must be saved. May update `data`.
+    ///
+    /// # Errors
+    /// Any errno; the engine then cancels the files prepared before this one.
+    fn prepare(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    /// FREEZE: the last step before the update; record the final state in `data`.
+    ///
+    /// # Errors
+    /// Any errno; the engine unfreezes the files frozen before this one.
+    fn freeze(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    /// Undo [`freeze`](Self::freeze).
+    fn unfreeze(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>) {}
+
+    /// Undo [`prepare`](Self::prepare).
+    fn cancel(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>) {}
+
+    /// FINISH after the update; `reclaimed` says whether the file was restored.
+    fn finish(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>, _reclaimed: bool) {}
+
+    /// Check, after the update, that `data` decodes and describes `fd` (when given;
+    /// the dry run of a handover has no fds).
+    ///
+    /// # Errors
+    /// `EINVAL` for data this handler version cannot read, or an fd of another kind.
+    fn deserialize(&self, fd: Option<BorrowedFd<'_>>, data: &[u8]) -> Result<(), Errno>;
+
+    /// RESTORE_FD: a new fd to the same open file, as it was at FREEZE.
+    ///
+    /// # Errors
+    /// `EIO` when the file changed after FREEZE in a way the handler can see, or
+    /// the errno of a failed system call.
+    fn retrieve(&self, fd: BorrowedFd<'_>, data: &[u8]) -> Result<OwnedFd, Errno>;
+
+    /// A short human description for `luoctl status`, e.g. "memfd 64 MiB".
+    fn describe(&self, fd: BorrowedFd<'_>, data: &[u8]) -> String;
+}
+
+/// The set of handlers an orchestrator knows, in registration order.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: Vec<Arc<dyn FileHandler>>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The four built-in handlers of SPEC §6.1: memfd, socket, pipe, eventfd.
+    #[must_use]
+    pub fn with_builtin() -> Self {
+        let mut r = Self::new();
+        for h in crate::handlers::builtin() {
+            r.register(h).expect("built-in compatibles are distinct");
+        }
+        r
+    }
+
+    /// Add a handler.
+    ///
+    /// # Errors
+    /// `EEXIST` when a handler with the same compatible string is registered.
+    pub fn register(&mut self, handler: Arc<dyn FileHandler>) -> Result<(), Errno> {
+        if self.by_compatible(handler.compatible()).is_some() {
+            return Err(Errno::EXIST);
+        }
+        self.handlers.push(handler);
+        Ok(())
+    }
+
+    /// The first handler that takes `fd`.
+    #[must_use]
+    pub fn find(&self, fd: BorrowedFd<'_>, stat: &Stat) -> Option<&Arc<dyn FileHandler>> {
+        self.handlers.iter().find(|h| h.can_preserve(fd, stat))
+    }
+
+    /// The handler registered under `compatible`.
+    #[must_use]
+    pub fn by_compatible(&self, compatible: &str) -> Option<&Arc<dyn FileHandler>> {
+        self.handlers.iter().find(|h| h.compatible() == compatible)
+    }
+
+    /// Every registered compatible string.
+    pub fn compatibles(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.iter().map(|h| h.compatible())
+    }
+}

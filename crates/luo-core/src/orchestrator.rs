@@ -1,0 +1,824 @@
+//! The orchestrator: the global state machine, the session table, and the live
+//! update's engine half (SPEC §4–§7).
+//!
+//! ```text
+//!            PREPARE              (live update: freeze, hand over, exec)
+//!   NORMAL ───────────▶ PREPARED ──────────────────────────────────▶ UPDATED (next epoch)
+//!     ▲  ◀─────────────────┘ CANCEL                                     │
+//!     └─────────────────────────────────────────────────────────────────┘ FINISH
+//! ```
+//!
+//! Global events fan out to the sessions in creation order, all-or-nothing:
+//! PREPARE prepares every NORMAL session and, if one fails, cancels the ones this
+//! call prepared (in reverse) and stays NORMAL. CANCEL cancels every PREPARED or
+//! FROZEN session. FINISH finishes every incoming session and drops the ones never
+//! retrieved. FREEZE is not a user event: only the live update freezes
+//! ([`Orchestrator::freeze_for_update`]), and if any session fails to freeze the
+//! frozen ones are unfrozen in reverse, every session is cancelled and the global
+//! state returns to NORMAL. A dry run that fails after a successful freeze is undone
+//! with [`Orchestrator::thaw`], which puts the frozen sessions back to PREPARED.
+//!
+//! Every call either completes or returns an error with nothing changed (the
+//! failure paths above are the documented exceptions); fds taken on a failing path
+//! are closed before it returns.
+//!
+//! The orchestrator owns no sockets: callers name sessions by [`SessionId`] and say
+//! who they are with [`Caller`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use luo_uapi::rfc_v4::{Event, State};
+
+use crate::error::{Error, Result};
+use crate::file_handler::{FileKey, HandlerRegistry};
+use crate::handover::{FileImage, Handover, SessionImage};
+use crate::preserved_file::PreservedFile;
+use crate::session::{self, Session, SessionId, Transition};
+
+/// Who is asking: the peer's uid (root may use every session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The peer's uid, from SO_PEERCRED or SCM_CREDENTIALS.
+    pub uid: u32,
+}
+
+impl Caller {
+    /// The superuser.
+    pub const ROOT: Caller = Caller { uid: 0 };
+
+    fn may_use(self, session: &Session) -> bool {
+        self.uid == 0 || self.uid == session.owner
+    }
+}
+
+/// Configurable limits (SPEC §9); reaching one gives ENOSPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions one uid may own, incoming ones included.
+    pub sessions_per_uid: usize,
+    /// Files in one session.
+    pub files_per_session: usize,
+    /// Preserved files in all sessions together.
+    pub files_total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_uid: 1024,
+            files_per_session: 4096,
+            files_total: 1 << 20,
+        }
+    }
+}
+
+/// What a global event does, decided from the global state alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalTransition {
+    /// Apply `event` to the sessions; on success the global state is `to`.
+    Run {
+        /// The event.
+        event: Event,
+        /// The state after success.
+        to: State,
+    },
+    /// The event does not apply in this state: EINVAL.
+    WrongState,
+    /// FREEZE: only the live update freezes: EOPNOTSUPP.
+    FreezeNotSupported,
+}
+
+/// The global state machine of SPEC §4, as a pure function.
+#[must_use]
+pub const fn global_transition(state: State, event: Event) -> GlobalTransition {
+    use GlobalTransition::{FreezeNotSupported, Run, WrongState};
+    use State::{Frozen, Normal, Prepared, Undefined, Updated};
+    match (state, event) {
+        (Normal, Event::Prepare) => Run {
+            event,
+            to: Prepared,
+        },
+        (Undefined | Prepared | Frozen | Updated, Event::Prepare) => WrongState,
+        (Undefined | Normal | Prepared | Frozen | Updated, Event::Freeze) => FreezeNotSupported,
+        (Prepared | Frozen, Event::Cancel) => Run { event, to: Normal },
+        (Undefined | Normal | Updated, Event::Cancel) => WrongState,
+        (Updated, Event::Finish) => Run { event, to: Normal },
+        (Undefined | Normal | Prepared | Frozen, Event::Finish) => WrongState,
+    }
+}
+
+/// The sessions a live update froze, so that a failed update can thaw exactly those.
+#[derive(Debug)]
+#[must_use = "a frozen update must be handed over or thawed"]
+pub struct UpdateFreeze {
+    frozen: Vec<SessionId>,
+}
+
+/// The engine: global state, sessions, and the index of preserved files.
+#[derive(Debug)]
+pub struct Orchestrator {
+    state: State,
+    epoch: u64,
+    registry: HandlerRegistry,
+    limits: Limits,
+    /// In creation order (ids grow).
+    sessions: BTreeMap<SessionId, Session>,
+    names: HashMap<String, SessionId>,
+    /// Every preserved file, by inode: where it is.
+    preserved: HashMap<FileKey, (SessionId, u64)>,
+    /// Files that may never be preserved: the daemon's own handles.
+    reserved: HashSet<FileKey>,
+    next_id: u64,
+}
+
+impl Orchestrator {
+    /// A fresh orchestrator in NORMAL, epoch 0, with no sessions.
+    #[must_use]
+    pub fn new(registry: HandlerRegistry, limits: Limits) -> Self {
+        Orchestrator {
+            state: State::Normal,
+            epoch: 0,
+            registry,
+            limits,
+            sessions: BTreeMap::new(),
+            names: HashMap::new(),
+            preserved: HashMap::new(),
+            reserved: HashSet::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The global state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The number of live updates this state has been through.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The limits in force.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The handlers.
+    #[must_use]
+    pub fn registry(&self) -> &HandlerRegistry {
+        &self.registry
+    }
+
+    /// Every session, in creation order.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// One session.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// How many files are preserved in all sessions.
+    #[must_use]
+    pub fn preserved_count(&self) -> usize {
+        self.preserved.len()
+    }
+
+    /// Never accept the file `key` for preservation (the daemon's own handles).
+    pub fn reserve_file(&mut self, key: FileKey) {
+        self.reserved.insert(key);
+    }
+
+    /// Undo [`reserve_file`](Self::reserve_file).
+    pub fn unreserve_file(&mut self, key: FileKey) {
+        self.reserved.remove(&key);
+    }
+
+    fn session_for(&mut self, id: SessionId, caller: Caller) -> Result<&mut Session> {
+        let s = self.sessions.get_mut(&id).ok_or(Error::StaleHandle(id.0))?;
+        if !caller.may_use(s) {
+            return Err(Error::NotOwner {
+                name: s.name.clone(),
+                owner: s.owner,
+                caller: caller.uid,
+            });
+        }
+        Ok(s)
+    }
+
+    fn busy(&self, s: &Session, op: &'static str) -> Error {
+        Error::SessionBusy {
+            name: s.name.clone(),
+            state: s.state,
+            global: self.state,
+            op,
+        }
+    }
+
+    /// Forget dropped files: remove them from the index, let their handler undo
+    /// the preservation, close the daemon's reference.
+    fn drop_files(&mut self, files: Vec<PreservedFile>) {
+        for f in files.into_iter().rev() {
+            self.preserved.remove(&f.key);
+            f.unpreserve();
+        }
+    }
+
+    // ----- device commands -------------------------------------------------------
+
+    /// GET_STATE and SET_EVENT on the device: drive the global state machine.
+    ///
+    /// # Errors
+    /// `EINVAL` for an unknown event or one not allowed in the current state,
+    /// `EOPNOTSUPP` for FREEZE, or the error of the session that failed to prepare
+    /// (then nothing changed).
+    pub fn set_event(&mut self, raw_event: u32) -> Result<()> {
+        let event = Event::try_from(raw_event).map_err(|_| Error::UnknownEvent(raw_event))?;
+        let to = match global_transition(self.state, event) {
+            GlobalTransition::Run { to, .. } => to,
+            GlobalTransition::WrongState => {
+                return Err(Error::GlobalTransition {
+                    state: self.state,
+                    event,
+                });
+            }
+            GlobalTransition::FreezeNotSupported => return Err(Error::GlobalFreeze),
+        };
+        match event {
+            Event::Prepare => self.prepare_all()?,
+            Event::Cancel => self.cancel_all(),
+            Event::Finish => self.finish_all(),
+            Event::Freeze => unreachable!("global_transition refuses FREEZE"),
+        }
+        tracing::info!(%event, from = %self.state, %to, "global event");
+        self.state = to;
+        Ok(())
+    }
+
+    fn prepare_all(&mut self) -> Result<()> {
+        let mut done = Vec::new();
+        let normal: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.state == State::Normal)
+            .map(|s| s.id)
+            .collect();
+        for id in normal {
+            let s = self.sessions.get_mut(&id).expect("listed above");
+            if let Err(e) = s.prepare() {
+                for id in done.iter().rev() {
+                    self.sessions.get_mut(id).expect("listed above").cancel();
+                }
+                return Err(e);
+            }
+            done.push(id);
+        }
+        Ok(())
+    }
+
+    fn cancel_all(&mut self) {
+        for s in self.sessions.values_mut().rev() {
+            if matches!(s.state, State::Prepared | State::Frozen) {
+                s.cancel();
+            }
+        }
+    }
+
+    fn finish_all(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().rev().copied().collect();
+        for id in ids {
+            let s = self.sessions.get_mut(&id).expect("listed above");
+            if s.incoming && !s.retrieved {
+                // Never retrieved: nobody will ever restore these files.
+                let s = self.sessions.remove(&id).expect("listed above");
+                self.names.remove(&s.name);
+                tracing::info!(session = %s.name, files = s.files.len(), "dropping unretrieved session");
+                let mut files = s.files;
+                crate::preserved_file::finish_all(&mut files);
+                self.drop_files(files);
+            } else if s.state == State::Updated {
+                let dropped = s.finish();
+                self.drop_files(dropped);
+            }
+        }
+    }
+
+    /// CREATE_SESSION: a new NORMAL session named `name`, owned by `caller`.
+    ///
+    /// # Errors
+    /// `EAGAIN` unless global NORMAL or UPDATED; `EINVAL` for an empty name or one
+    /// longer than 55 bytes; `EEXIST` when any session (incoming too) has the name;
+    /// `ENOSPC` at the per-uid session limit.
+    pub fn create_session(&mut self, name: &str, caller: Caller) -> Result<SessionId> {
+        if !matches!(self.state, State::Normal | State::Updated) {
+            return Err(Error::NotNow {
+                op: "created",
+                state: self.state,
+            });
+        }
+        validate_name(name)?;
+        if self.names.contains_key(name) {
+            return Err(Error::SessionExists(name.to_owned()));
+        }
+        let owned = self
+            .sessions
+            .values()
+            .filter(|s| s.owner == caller.uid)
+            .count();
+        if owned >= self.limits.sessions_per_uid {
+            return Err(Error::Limit("sessions per uid"));
+        }
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        self.sessions
+            .insert(id, Session::new(id, name.to_owned(), caller.uid));
+        self.names.insert(name.to_owned(), id);
+        tracing::debug!(session = name, uid = caller.uid, "created");
+        Ok(id)
+    }
+
+    /// RETRIEVE_SESSION: hand out the incoming session `name`.
+    ///
+    /// # Errors
+    /// `EAGAIN` unless global UPDATED; `EINVAL` for a malformed name; `ENOENT` when
+    /// no incoming session has the name; `EACCES` when another uid owns it (checked
+    /// before `EADDRINUSE`, so a stranger learns nothing of its use);
+    /// `EADDRINUSE` when it was already retrieved.
+    pub fn retrieve_session(&mut self, name: &str, caller: Caller) -> Result<SessionId> {
+        if self.state != State::Updated {
+            return Err(Error::NotNow {
+                op: "retrieved",
+                state: self.state,
+            });
+        }
+        validate_name(name)?;
+        let id = *self
+            .names
+            .get(name)
+            .ok_or_else(|| Error::NoSuchSession(name.to_owned()))?;
+        let s = self.sessions.get_mut(&id).expect("names index sessions");
+        if !s.incoming && !s.retrieved {
+            return Err(Error::NoSuchSession(name.to_owned()));
+        }
+        if !caller.may_use(s) {
+            return Err(Error::NotOwner {
+                name: s.name.clone(),
+                owner: s.owner,
+                caller: caller.uid,
+            });
+        }
+        if s.retrieved {
+            return Err(Error::AlreadyRetrieved(name.to_owned()));
+        }
+        s.retrieved = true;
+        Ok(id)
+    }
+
+    // ----- session commands ------------------------------------------------------
+
+    /// GET_STATE on a session.
+    ///
+    /// # Errors
+    /// `EACCES` for a stranger, `EBADF` for a released session.
+    pub fn session_state(&mut self, id: SessionId, caller: Caller) -> Result<State> {
+        Ok(self.session_for(id, caller)?.state)
+    }
+
+    /// SET_EVENT on a session (SPEC §5), independent of the global state.
+    ///
+    /// # Errors
+    /// `EACCES`, `EBADF`; `EINVAL` for an unknown event; `EBUSY` for PREPARE or
+    /// FREEZE out of place; a handler's error when PREPARE or FREEZE fails (see the
+    /// module docs of [`crate::session`] for what is left behind).
+    pub fn session_event(&mut self, id: SessionId, raw_event: u32, caller: Caller) -> Result<()> {
+        let global = self.state;
+        let s = self.session_for(id, caller)?;
+        let event = Event::try_from(raw_event).map_err(|_| Error::UnknownEvent(raw_event))?;
+        match session::transition(s.state, event) {
+            Transition::Busy => Err(Error::SessionBusy {
+                name: s.name.clone(),
+                state: s.state,
+                global,
+                op: event.name(),
+            }),
+            Transition::NoOp => Ok(()),
+            Transition::Run {
+                event: Event::Prepare,
+                ..
+            } => s.prepare(),
+            Transition::Run {
+                event: Event::Freeze,
+                ..
+            } => s.freeze(),
+            Transition::Run {
+                event: Event::Cancel,
+                ..
+            } => {
+                s.cancel();
+                Ok(())
+            }
+            Transition::Run {
+                event: Event::Finish,
+                ..
+            } => {
+                let dropped = s.finish();
+                self.drop_files(dropped);
+                Ok(())
+            }
+        }
+    }
+
+    /// PRESERVE_FD: keep `fd` in the session under `token`.
+    ///
+    /// The orchestrator takes `fd`; on any error it is closed before returning.
+    ///
+    /// # Errors
+    /// `EACCES`, `EBADF` (released session); `EBUSY` unless global NORMAL or UPDATED
+    /// and the session NORMAL; `EBADF` without an fd; `ENOENT` when no handler takes
+    /// it (or it is one of the daemon's own handles); `EEXIST` for a token already in
+    /// the session; `EBUSY` when the same file is preserved anywhere; `ENOSPC` at a
+    /// limit; a handler's error from `preserve`.
+    pub fn preserve_fd(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<OwnedFd>,
+        caller: Caller,
+    ) -> Result<()> {
+        let global = self.state;
+        let s = self.sessions.get(&id).ok_or(Error::StaleHandle(id.0))?;
+        if !caller.may_use(s) {
+            return Err(Error::NotOwner {
+                name: s.name.clone(),
+                owner: s.owner,
+                caller: caller.uid,
+            });
+        }
+        if !matches!(global, State::Normal | State::Updated) || s.state != State::Normal {
+            return Err(self.busy(s, "preserve"));
+        }
+        let fd = fd.ok_or(Error::NoFd)?;
+        let stat = rustix::fs::fstat(&fd).map_err(Error::Os)?;
+        let key = FileKey::of_file(fd.as_fd(), &stat);
+        let handler = match self.registry.find(fd.as_fd(), &stat) {
+            Some(h) if !self.reserved.contains(&key) => h.clone(),
+            _ => return Err(Error::Unsupported(describe_kind(&stat))),
+        };
+        if s.file_index(token).is_some() {
+            return Err(Error::TokenExists(token));
+        }
+        if let Some(&(other, other_token)) = self.preserved.get(&key) {
+            let session = self
+                .sessions
+                .get(&other)
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
+            return Err(Error::AlreadyPreserved {
+                session,
+                token: other_token,
+            });
+        }
+        if s.files.len() >= self.limits.files_per_session {
+            return Err(Error::Limit("files per session"));
+        }
+        if self.preserved.len() >= self.limits.files_total {
+            return Err(Error::Limit("preserved files"));
+        }
+        let data = handler
+            .preserve(fd.as_fd())
+            .map_err(|source| Error::Handler {
+                compatible: handler.compatible().to_owned(),
+                op: "preserve",
+                token,
+                source,
+            })?;
+        let file = PreservedFile {
+            token,
+            handler,
+            fd,
+            key,
+            data,
+            restored: false,
+        };
+        self.preserved.insert(key, (id, token));
+        self.sessions
+            .get_mut(&id)
+            .expect("looked up above")
+            .files
+            .push(file);
+        Ok(())
+    }
+
+    /// UNPRESERVE_FD: stop preserving `token`; the daemon closes its reference.
+    ///
+    /// # Errors
+    /// `EACCES`, `EBADF`; `EBUSY` unless global NORMAL or UPDATED and the session
+    /// NORMAL; `ENOENT` for an unknown token.
+    pub fn unpreserve_fd(&mut self, id: SessionId, token: u64, caller: Caller) -> Result<()> {
+        let global = self.state;
+        let s = self.session_for(id, caller)?;
+        if !matches!(global, State::Normal | State::Updated) || s.state != State::Normal {
+            return Err(Error::SessionBusy {
+                name: s.name.clone(),
+                state: s.state,
+                global,
+                op: "unpreserve",
+            });
+        }
+        let idx = s.file_index(token).ok_or(Error::NoSuchToken(token))?;
+        let file = s.files.remove(idx);
+        self.drop_files(vec![file]);
+        Ok(())
+    }
+
+    /// RESTORE_FD: a new fd to the preserved file `token`.
+    ///
+    /// # Errors
+    /// `EACCES`, `EBADF`; `EBUSY` unless global and session UPDATED; `ENOENT` for
+    /// an unknown token; `EADDRINUSE` when already restored; `EIO` when the file
+    /// changed after FREEZE; a handler's error from `retrieve`.
+    pub fn restore_fd(&mut self, id: SessionId, token: u64, caller: Caller) -> Result<OwnedFd> {
+        let global = self.state;
+        let s = self.session_for(id, caller)?;
+        if global != State::Updated || s.state != State::Updated {
+            return Err(Error::SessionBusy {
+                name: s.name.clone(),
+                state: s.state,
+                global,
+                op: "restore",
+            });
+        }
+        let idx = s.file_index(token).ok_or(Error::NoSuchToken(token))?;
+        let file = &mut s.files[idx];
+        if file.restored {
+            return Err(Error::AlreadyRestored(token));
+        }
+        let fd = file.retrieve()?;
+        file.restored = true;
+        Ok(fd)
+    }
+
+    /// The last handle of a session closed: cancel (PREPARED, FROZEN) or finish
+    /// (UPDATED), unpreserve every file in reverse, and forget the session. An
+    /// unknown id (already released) is ignored.
+    pub fn release_session(&mut self, id: SessionId) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.names.remove(&s.name);
+        let dropped = match s.state {
+            State::Prepared | State::Frozen => {
+                s.cancel();
+                Vec::new()
+            }
+            State::Updated => s.finish(),
+            State::Normal | State::Undefined => Vec::new(),
+        };
+        self.drop_files(dropped);
+        tracing::debug!(session = %s.name, state = %s.state, files = s.files.len(), "released");
+        let files = std::mem::take(&mut s.files);
+        self.drop_files(files);
+    }
+
+    // ----- the live update ---------------------------------------------------------
+
+    /// Step 1 of the live update: freeze every PREPARED session in creation order
+    /// (FROZEN ones stay) and enter global FROZEN.
+    ///
+    /// # Errors
+    /// `EINVAL` unless global PREPARED. If a session fails to freeze, the ones this
+    /// call froze are unfrozen in reverse, every session is cancelled, the global
+    /// state returns to NORMAL, and the freeze error is returned.
+    pub fn freeze_for_update(&mut self) -> Result<UpdateFreeze> {
+        if self.state != State::Prepared {
+            return Err(Error::UpdateNotPrepared(self.state));
+        }
+        let prepared: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.state == State::Prepared)
+            .map(|s| s.id)
+            .collect();
+        let mut frozen = Vec::new();
+        for id in prepared {
+            let s = self.sessions.get_mut(&id).expect("listed above");
+            if let Err(e) = s.freeze() {
+                tracing::warn!(session = %s.name, error = %e, "freeze failed; cancelling the update");
+                for id in frozen.iter().rev() {
+                    self.sessions.get_mut(id).expect("listed above").unfreeze();
+                }
+                self.cancel_all();
+                self.state = State::Normal;
+                return Err(e);
+            }
+            frozen.push(id);
+        }
+        self.state = State::Frozen;
+        Ok(UpdateFreeze { frozen })
+    }
+
+    /// Undo a [`freeze_for_update`](Self::freeze_for_update) whose update did not
+    /// happen: the sessions it froze go back to PREPARED, and so does the global state.
+    pub fn thaw(&mut self, freeze: UpdateFreeze) {
+        for id in freeze.frozen.iter().rev() {
+            if let Some(s) = self
+                .sessions
+                .get_mut(id)
+                .filter(|s| s.state == State::Frozen)
+            {
+                s.unfreeze();
+            }
+        }
+        if self.state == State::Frozen {
+            self.state = State::Prepared;
+        }
+    }
+
+    /// Step 2: the image of everything that crosses the update, and the fds to
+    /// carry with it, in `fd_index` order. Only FROZEN sessions are carried.
+    ///
+    /// `previous_exe` is the binary to fall back to should the next one fail.
+    ///
+    /// # Errors
+    /// `EINVAL` unless global FROZEN (after [`freeze_for_update`](Self::freeze_for_update)).
+    pub fn handover(&self, previous_exe: &str) -> Result<(Handover, Vec<BorrowedFd<'_>>)> {
+        if self.state != State::Frozen {
+            return Err(Error::UpdateNotPrepared(self.state));
+        }
+        let mut fds = Vec::new();
+        let mut sessions = Vec::new();
+        for s in self.sessions.values().filter(|s| s.state == State::Frozen) {
+            let files = s
+                .files
+                .iter()
+                .map(|f| {
+                    let fd_index =
+                        u32::try_from(fds.len()).map_err(|_| Error::Limit("preserved files"))?;
+                    fds.push(f.fd.as_fd());
+                    Ok(FileImage {
+                        token: f.token,
+                        compatible: f.compatible().to_owned(),
+                        data: f.data.clone(),
+                        fd_index,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sessions.push(SessionImage {
+                name: s.name.clone(),
+                owner: s.owner,
+                files,
+            });
+        }
+        let image = Handover {
+            epoch: self.epoch + 1,
+            previous_exe: previous_exe.to_owned(),
+            sessions,
+        };
+        Ok((image, fds))
+    }
+
+    /// Step 6: the next epoch's orchestrator, in UPDATED, from a decoded image and
+    /// the fds carried with it (in `fd_index` order).
+    ///
+    /// Nothing is built unless everything checks out: each file's handler is
+    /// registered, accepts its data and its fd, and no inode appears twice.
+    ///
+    /// # Errors
+    /// `EIO` ([`Error::Handover`]) for an image that does not fit the fds or the
+    /// registry.
+    pub fn from_handover(
+        image: &Handover,
+        fds: Vec<OwnedFd>,
+        registry: HandlerRegistry,
+        limits: Limits,
+    ) -> Result<Self> {
+        use crate::handover::HandoverError as H;
+        image.validate(&registry)?;
+        if fds.len() != image.fd_count() {
+            return Err(H::Invalid(format!(
+                "{} fds carried, image has {}",
+                fds.len(),
+                image.fd_count()
+            ))
+            .into());
+        }
+        let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+        let mut o = Orchestrator::new(registry, limits);
+        o.state = State::Updated;
+        o.epoch = image.epoch;
+        for si in &image.sessions {
+            let id = SessionId(o.next_id);
+            o.next_id += 1;
+            let mut s = Session::new(id, si.name.clone(), si.owner);
+            s.state = State::Updated;
+            s.incoming = true;
+            for fi in &si.files {
+                let fd = slots
+                    .get_mut(fi.fd_index as usize)
+                    .and_then(Option::take)
+                    .ok_or_else(|| H::Invalid(format!("fd index {} reused", fi.fd_index)))?;
+                let handler = o
+                    .registry
+                    .by_compatible(&fi.compatible)
+                    .expect("validated")
+                    .clone();
+                handler
+                    .deserialize(Some(fd.as_fd()), &fi.data)
+                    .map_err(|e| {
+                        H::Invalid(format!(
+                            "{} rejects token {:#x}: {e}",
+                            fi.compatible, fi.token
+                        ))
+                    })?;
+                let key = FileKey::of(fd.as_fd()).map_err(Error::Os)?;
+                if o.preserved.insert(key, (id, fi.token)).is_some() {
+                    return Err(H::Invalid(format!(
+                        "token {:#x} is a file carried twice",
+                        fi.token
+                    ))
+                    .into());
+                }
+                s.files.push(PreservedFile {
+                    token: fi.token,
+                    handler,
+                    fd,
+                    key,
+                    data: fi.data.clone(),
+                    restored: false,
+                });
+            }
+            o.names.insert(s.name.clone(), id);
+            o.sessions.insert(id, s);
+        }
+        Ok(o)
+    }
+}
+
+/// SPEC §5: 1 to 55 bytes (the 56th is the NUL), no NUL inside.
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= luo_uapi::rfc_v4::SESSION_NAME_LENGTH || name.contains('\0')
+    {
+        return Err(Error::InvalidName);
+    }
+    Ok(())
+}
+
+fn describe_kind(stat: &rustix::fs::Stat) -> String {
+    use rustix::fs::FileType;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Symlink => "a symlink",
+        FileType::Fifo => "a fifo",
+        FileType::Socket => "a socket",
+        FileType::Unknown => "an anonymous file",
+    };
+    kind.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (global state, event) pair of SPEC §4.
+    #[test]
+    fn global_transition_table() {
+        use GlobalTransition::{FreezeNotSupported as NoFreeze, WrongState as Wrong};
+        use State::*;
+        let run = |event, to| GlobalTransition::Run { event, to };
+        let table = [
+            (Undefined, Event::Prepare, Wrong),
+            (Normal, Event::Prepare, run(Event::Prepare, Prepared)),
+            (Prepared, Event::Prepare, Wrong),
+            (Frozen, Event::Prepare, Wrong),
+            (Updated, Event::Prepare, Wrong),
+            (Undefined, Event::Freeze, NoFreeze),
+            (Normal, Event::Freeze, NoFreeze),
+            (Prepared, Event::Freeze, NoFreeze),
+            (Frozen, Event::Freeze, NoFreeze),
+            (Updated, Event::Freeze, NoFreeze),
+            (Undefined, Event::Cancel, Wrong),
+            (Normal, Event::Cancel, Wrong),
+            (Prepared, Event::Cancel, run(Event::Cancel, Normal)),
+            (Frozen, Event::Cancel, run(Event::Cancel, Normal)),
+            (Updated, Event::Cancel, Wrong),
+            (Undefined, Event::Finish, Wrong),
+            (Normal, Event::Finish, Wrong),
+            (Prepared, Event::Finish, Wrong),
+            (Frozen, Event::Finish, Wrong),
+            (Updated, Event::Finish, run(Event::Finish, Normal)),
+        ];
+        assert_eq!(table.len(), State::ALL.len() * Event::ALL.len());
+        for (state, event, want) in table {
+            assert_eq!(global_transition(state, event), want, "{state} + {event}");
+        }
+    }
+}
