@@ -21,9 +21,9 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use luo_uapi::Errno;
 use rustix::fs::Stat;
@@ -52,7 +52,11 @@ impl FileKey {
     pub fn of_file(fd: BorrowedFd<'_>, st: &Stat) -> Self {
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
-        let instance = if anon_inode() == Some((dev, ino)) { anon_instance(fd) } else { 0 };
+        let instance = if anon_inode() == Some((dev, ino)) {
+            anon_instance(fd)
+        } else {
+            0
+        };
         FileKey { dev, ino, instance }
     }
 
@@ -84,7 +88,10 @@ fn anon_instance(fd: BorrowedFd<'_>) -> u64 {
         .ok()
         .and_then(|info| {
             info.lines()
-                .find_map(|l| l.split_once("-id:").map(|(_, v)| v.trim().parse::<u64>().ok()))
+                .find_map(|l| {
+                    l.split_once("-id:")
+                        .map(|(_, v)| v.trim().parse::<u64>().ok())
+                })
                 .flatten()
         })
         .map(|id| id + 1)

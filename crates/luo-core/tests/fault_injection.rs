@@ -23,7 +23,10 @@ fn fd_set() -> BTreeMap<String, String> {
         .filter_map(|e| {
             let e = e.ok()?;
             let target = std::fs::read_link(e.path()).ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), target.to_string_lossy().into_owned()))
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                target.to_string_lossy().into_owned(),
+            ))
         })
         .filter(|(_, target)| !target.starts_with("/proc/"))
         .collect()
@@ -32,7 +35,13 @@ fn fd_set() -> BTreeMap<String, String> {
 type View = (State, Vec<(String, State, Vec<u64>)>);
 
 fn view(o: &Orchestrator) -> View {
-    let s = o.sessions().map(|s| (s.name().to_owned(), s.state(), s.files().iter().map(|f| f.token()).collect()));
+    let s = o.sessions().map(|s| {
+        (
+            s.name().to_owned(),
+            s.state(),
+            s.files().iter().map(|f| f.token()).collect(),
+        )
+    });
     (o.state(), s.collect())
 }
 
@@ -48,7 +57,10 @@ fn session(o: &mut Orchestrator, name: &str) -> (SessionId, Vec<u64>) {
 }
 
 fn ops(log: &[Call], op: &str) -> Vec<u64> {
-    log.iter().filter(|(o, _)| *o == op).map(|&(_, i)| i).collect()
+    log.iter()
+        .filter(|(o, _)| *o == op)
+        .map(|&(_, i)| i)
+        .collect()
 }
 
 fn rev(v: &[u64]) -> Vec<u64> {
@@ -61,22 +73,35 @@ fn session_prepare_fails_at(k: usize) {
     h.take_log();
     let before = (view(&o), fd_set());
     h.fail_at("prepare", k);
-    let err = o.session_event(id, Event::Prepare as u32, ROOT).expect_err("prepare fails");
+    let err = o
+        .session_event(id, Event::Prepare as u32, ROOT)
+        .expect_err("prepare fails");
     assert_eq!(err.errno(), Errno::IO);
-    assert_eq!((view(&o), fd_set()), before, "prepare failing at {k} changed something");
+    assert_eq!(
+        (view(&o), fd_set()),
+        before,
+        "prepare failing at {k} changed something"
+    );
     let log = h.take_log();
     assert_eq!(ops(&log, "prepare"), inos[..k]);
-    assert_eq!(ops(&log, "cancel"), rev(&inos[..k]), "prepared prefix cancelled in reverse");
+    assert_eq!(
+        ops(&log, "cancel"),
+        rev(&inos[..k]),
+        "prepared prefix cancelled in reverse"
+    );
 }
 
 fn session_freeze_fails_at(k: usize) {
     let (mut o, h) = orchestrator();
     let (id, inos) = session(&mut o, "s");
-    o.session_event(id, Event::Prepare as u32, ROOT).expect("prepare");
+    o.session_event(id, Event::Prepare as u32, ROOT)
+        .expect("prepare");
     h.take_log();
     let fds = fd_set();
     h.fail_at("freeze", k);
-    let err = o.session_event(id, Event::Freeze as u32, ROOT).expect_err("freeze fails");
+    let err = o
+        .session_event(id, Event::Freeze as u32, ROOT)
+        .expect_err("freeze fails");
     assert_eq!(err.errno(), Errno::IO);
     // SPEC §5: a failed FREEZE leaves the session NORMAL, every file cancelled.
     assert_eq!(o.session_state(id, ROOT), Ok(State::Normal));
@@ -89,13 +114,17 @@ fn session_freeze_fails_at(k: usize) {
     let order: Vec<_> = log.iter().map(|(op, _)| *op).collect();
     let last_unfreeze = order.iter().rposition(|op| *op == "unfreeze");
     let first_cancel = order.iter().position(|op| *op == "cancel");
-    assert!(last_unfreeze < first_cancel, "unfreeze before cancel: {order:?}");
+    assert!(
+        last_unfreeze < first_cancel,
+        "unfreeze before cancel: {order:?}"
+    );
 }
 
 fn global_prepare_fails_in_session(j: usize) {
     let (mut o, h) = orchestrator();
     let early = o.create_session("early", ROOT).expect("create");
-    o.session_event(early, Event::Prepare as u32, ROOT).expect("prepared on its own");
+    o.session_event(early, Event::Prepare as u32, ROOT)
+        .expect("prepared on its own");
     for i in 0..3 {
         session(&mut o, &format!("s{i}"));
     }
@@ -103,13 +132,27 @@ fn global_prepare_fails_in_session(j: usize) {
     let before = (view(&o), fd_set());
     // Each session has FILES files: the j-th session's second file fails.
     h.fail_at("prepare", j * FILES + 1);
-    let err = o.set_event(Event::Prepare as u32).expect_err("global prepare fails");
+    let err = o
+        .set_event(Event::Prepare as u32)
+        .expect_err("global prepare fails");
     assert_eq!(err.errno(), Errno::IO);
-    assert_eq!((view(&o), fd_set()), before, "global prepare failing in session {j}");
-    assert_eq!(o.session_state(early, ROOT), Ok(State::Prepared), "a session prepared on its own stays");
+    assert_eq!(
+        (view(&o), fd_set()),
+        before,
+        "global prepare failing in session {j}"
+    );
+    assert_eq!(
+        o.session_state(early, ROOT),
+        Ok(State::Prepared),
+        "a session prepared on its own stays"
+    );
     let log = h.take_log();
     assert_eq!(ops(&log, "prepare").len(), j * FILES + 1);
-    assert_eq!(ops(&log, "cancel"), rev(&ops(&log, "prepare")), "every prepared file is cancelled, LIFO");
+    assert_eq!(
+        ops(&log, "cancel"),
+        rev(&ops(&log, "prepare")),
+        "every prepared file is cancelled, LIFO"
+    );
 }
 
 fn update_freeze_fails_in_session(j: usize) {
@@ -125,7 +168,10 @@ fn update_freeze_fails_in_session(j: usize) {
     assert_eq!(err.errno(), Errno::IO);
     // SPEC §7 step 1: frozen ones unfrozen, every session cancelled, global NORMAL.
     assert_eq!(o.state(), State::Normal);
-    assert!(o.sessions().all(|s| s.state() == State::Normal && s.files().len() == FILES));
+    assert!(
+        o.sessions()
+            .all(|s| s.state() == State::Normal && s.files().len() == FILES)
+    );
     assert_eq!(fd_set(), fds);
     let log = h.take_log();
     assert_eq!(ops(&log, "unfreeze"), rev(&ops(&log, "freeze")));
@@ -175,13 +221,20 @@ fn handover_failure_builds_nothing() {
     let before = fd_set();
     {
         let (image, fds) = o.handover("/bin/false").expect("handover");
-        let mut fds: Vec<_> = fds.iter().map(|fd| fd.try_clone_to_owned().expect("dup")).collect();
+        let mut fds: Vec<_> = fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().expect("dup"))
+            .collect();
         fds.pop(); // one fd short
         let err = Orchestrator::from_handover(&image, fds, o.registry().clone(), o.limits())
             .expect_err("fd count mismatch");
         assert_eq!(err.errno(), Errno::IO);
     }
-    assert_eq!(fd_set(), before, "the fds handed to a failed rebuild are closed");
+    assert_eq!(
+        fd_set(),
+        before,
+        "the fds handed to a failed rebuild are closed"
+    );
 }
 
 #[test]

@@ -183,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn timerfd_is_accepted_and_kept() {
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        let fd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC).expect("timerfd");
+        let data = crate::handlers::preserve_and_freeze(&EventfdHandler, fd.as_fd());
+        let restored = EventfdHandler
+            .retrieve(fd.as_fd(), &data)
+            .expect("retrieve");
+        assert_eq!(Kind::of(restored.as_fd()), Some(Kind::Timerfd));
+        assert!(
+            EventfdHandler
+                .describe(fd.as_fd(), &data)
+                .contains("timerfd")
+        );
+    }
+
+    #[test]
     fn epoll_is_refused() {
         let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
             .expect("epoll");

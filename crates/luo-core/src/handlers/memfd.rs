@@ -99,8 +99,7 @@ fn human_size(bytes: u64) -> String {
             if bytes % scale == 0 {
                 return format!("{} {unit}", bytes / scale);
             }
-            // One decimal is enough for a status line; precision loss is harmless.
-            #[allow(clippy::cast_precision_loss)]
+            // One decimal is enough for a status line; f64's rounding is harmless.
             let value = bytes as f64 / scale as f64;
             return format!("{value:.1} {unit}");
         }

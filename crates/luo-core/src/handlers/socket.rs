@@ -57,12 +57,13 @@ fn addr_string(addr: &SocketAddrAny) -> Option<String> {
             .ok()
             .map(|a| a.to_string()),
         AddressFamily::UNIX => {
+            // An unnamed address is the family alone. Checked on the raw length:
+            // rustix 1.1 converts it to an empty abstract name, not to unnamed.
+            if addr.addr_len() as usize <= size_of::<u16>() {
+                return None;
+            }
             let unix = SocketAddrUnix::try_from(addr.clone()).ok()?;
-            // Checked first: rustix reads an unnamed address as an empty
-            // abstract name too.
-            if unix.is_unnamed() {
-                None
-            } else if let Some(path) = unix.path_bytes() {
+            if let Some(path) = unix.path_bytes() {
                 Some(String::from_utf8_lossy(path).into_owned())
             } else {
                 unix.abstract_name()
@@ -324,6 +325,25 @@ mod tests {
         let described = SocketHandler.describe(listener.as_fd(), &data);
         let _ = std::fs::remove_file(&path);
         assert_eq!(described, format!("unix stream listen {}", path.display()));
+    }
+
+    #[test]
+    fn abstract_unix_name_is_described_with_at() {
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let name = format!("luo-socket-test-{}", std::process::id());
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).expect("address");
+        rustix::net::bind(&sock, &addr).expect("bind");
+        let data = preserve_and_freeze(&SocketHandler, sock.as_fd());
+        assert_eq!(
+            SocketHandler.describe(sock.as_fd(), &data),
+            format!("unix dgram @{name}")
+        );
     }
 
     #[test]

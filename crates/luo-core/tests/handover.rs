@@ -1,0 +1,198 @@
+//! The handover image under property tests (SPEC §7 steps 2, 6, 7): round trips
+//! keep everything, and damaged images are refused with an error, never a panic.
+
+mod common;
+
+use common::*;
+use luo_core::handover::{FileImage, Handover, HandoverError, SessionImage};
+use luo_core::{Orchestrator, State};
+use luo_uapi::rfc_v4::Event;
+use proptest::prelude::*;
+
+fn file_image() -> impl Strategy<Value = FileImage> {
+    (
+        any::<u64>(),
+        "[a-z]{1,8}-v[0-9]",
+        proptest::collection::vec(any::<u8>(), 0..40),
+    )
+        .prop_map(|(token, compatible, data)| FileImage {
+            token,
+            compatible,
+            data,
+            fd_index: 0,
+        })
+}
+
+/// Structurally valid images: unique names and tokens, fd indexes a permutation.
+fn image() -> impl Strategy<Value = Handover> {
+    let session = (
+        "[a-zA-Z0-9_.-]{1,55}",
+        any::<u32>(),
+        proptest::collection::vec(file_image(), 0..6),
+    );
+    (
+        any::<u64>(),
+        "/[a-z/]{0,30}",
+        proptest::collection::vec(session, 0..6),
+        any::<u64>(),
+    )
+        .prop_map(|(epoch, previous_exe, sessions, seed)| {
+            let mut names = std::collections::HashSet::new();
+            let mut sessions: Vec<SessionImage> = sessions
+                .into_iter()
+                .filter(|(name, _, _)| names.insert(name.clone()))
+                .map(|(name, owner, mut files)| {
+                    let mut tokens = std::collections::HashSet::new();
+                    files.retain(|f| tokens.insert(f.token));
+                    SessionImage { name, owner, files }
+                })
+                .collect();
+            // Hand out fd indexes in a shuffled but complete order.
+            let n: usize = sessions.iter().map(|s| s.files.len()).sum();
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            let mut x = seed | 1;
+            for i in (1..order.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut it = order.into_iter();
+            for s in &mut sessions {
+                for f in &mut s.files {
+                    f.fd_index = it.next().unwrap_or_default();
+                }
+            }
+            Handover {
+                epoch,
+                previous_exe,
+                sessions,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn encode_then_decode_is_identity(h in image()) {
+        prop_assert_eq!(Handover::decode(&h.encode()), Ok(h));
+    }
+
+    /// CRC-32 catches every single-bit error in the body; the header fields catch
+    /// theirs: no flipped bit goes unnoticed.
+    #[test]
+    fn every_single_bit_flip_is_refused(h in image(), bit in any::<prop::sample::Index>()) {
+        let mut bytes = h.encode();
+        let bit = bit.index(bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(Handover::decode(&bytes).is_err(), "bit {} flipped and accepted", bit);
+    }
+
+    #[test]
+    fn every_truncation_is_refused(h in image(), cut in any::<prop::sample::Index>()) {
+        let bytes = h.encode();
+        let len = cut.index(bytes.len());
+        prop_assert!(Handover::decode(&bytes[..len]).is_err());
+    }
+
+    /// Arbitrary damage: never a panic. (A random body can only be accepted if its
+    /// CRC matches, so a structurally valid result is the only other outcome.)
+    #[test]
+    fn mutated_images_never_panic(
+        h in image(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = h.encode();
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        let _ = Handover::decode(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Handover::decode(&bytes);
+    }
+
+    /// Bodies with a valid header and CRC but hostile contents still decode safely.
+    #[test]
+    fn hostile_bodies_with_valid_crc_never_panic(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let mut bytes = Handover { epoch: 0, previous_exe: String::new(), sessions: vec![] }.encode();
+        bytes.truncate(luo_core::handover::HEADER_SIZE);
+        bytes[40..48].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes[48..52].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let _ = Handover::decode(&bytes);
+    }
+}
+
+#[test]
+fn a_version_bump_is_refused_by_name() {
+    let mut bytes = Handover {
+        epoch: 1,
+        previous_exe: "/x".into(),
+        sessions: vec![],
+    }
+    .encode();
+    bytes[8 + "luod-handover-v".len()] = b'2';
+    assert_eq!(
+        Handover::decode(&bytes),
+        Err(HandoverError::UnknownFormat("luod-handover-v2".into()))
+    );
+}
+
+/// The engine's own round trip, with real fds: what one epoch froze is what the
+/// next one finds, session by session, token by token, byte by byte.
+#[test]
+fn orchestrator_round_trip_keeps_sessions_tokens_and_data() {
+    let (mut o, _) = orchestrator();
+    let mut want = Vec::new();
+    for (name, uid, tokens) in [
+        ("a", 0, vec![5u64, 1, 9]),
+        ("b", 1000, vec![]),
+        ("c", 1001, vec![u64::MAX]),
+    ] {
+        let id = o
+            .create_session(name, luo_core::Caller { uid })
+            .expect("create");
+        for &t in &tokens {
+            o.preserve_fd(id, t, Some(efd()), luo_core::Caller { uid })
+                .expect("preserve");
+        }
+        want.push((name.to_owned(), uid, tokens));
+    }
+    let normal = o.create_session("left-behind", ROOT).expect("create");
+    o.set_event(Event::Prepare as u32).expect("prepare");
+    o.session_event(normal, Event::Cancel as u32, ROOT)
+        .expect("cancel one session");
+    let epoch = o.epoch();
+    let data: Vec<Vec<u8>> = o
+        .sessions()
+        .flat_map(|s| s.files().iter().map(|f| f.data().to_vec()))
+        .collect();
+
+    let o: Orchestrator = live_update(o);
+    assert_eq!(o.state(), State::Updated);
+    assert_eq!(o.epoch(), epoch + 1);
+    let got: Vec<_> = o
+        .sessions()
+        .map(|s| {
+            assert_eq!(s.state(), State::Updated);
+            assert!(s.incoming() && !s.retrieved());
+            (
+                s.name().to_owned(),
+                s.owner(),
+                s.files().iter().map(|f| f.token()).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "NORMAL sessions are not carried");
+    let got_data: Vec<Vec<u8>> = o
+        .sessions()
+        .flat_map(|s| s.files().iter().map(|f| f.data().to_vec()))
+        .collect();
+    assert_eq!(got_data, data);
+    assert_eq!(o.preserved_count(), 4);
+}
