@@ -53,8 +53,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod frame;
 pub mod hello;
+pub mod paths;
 pub mod socket;
 
 pub use frame::{
@@ -63,8 +65,8 @@ pub use frame::{
 };
 pub use hello::{Abi, HELLO_CMD, Hello, PROTOCOL_VERSION};
 pub use socket::{
-    RecvError, Reply, Request, SendError, peer_credentials, recv_reply, recv_request, send_reply,
-    send_request, socketpair_seqpacket,
+    RecvError, Reply, Request, SendError, pass_credentials, peer_credentials, recv_reply,
+    recv_request, send_reply, send_request, socketpair_seqpacket,
 };
 
 pub use luo_uapi::Errno;

@@ -50,6 +50,9 @@ pub struct Request {
     /// The fd that came with the request, close-on-exec. A command that takes none
     /// answers EINVAL and drops it.
     pub fd: Option<OwnedFd>,
+    /// The sender's credentials, when the receiving socket has `SO_PASSCRED` set:
+    /// who sent this very message, whichever process holds the socket now.
+    pub creds: Option<UCred>,
 }
 
 /// A received reply.
@@ -185,6 +188,7 @@ pub fn recv_request(sock: BorrowedFd<'_>) -> Result<Option<Request>, RecvError> 
         cmd,
         payload: payload.to_vec(),
         fd,
+        creds: datagram.creds,
     }))
 }
 
@@ -274,12 +278,15 @@ struct Datagram {
     /// Its fd, or why the datagram is refused whatever its bytes say (truncation, fd
     /// count); in that case every fd has already been closed.
     fd: Result<Option<OwnedFd>, FrameError>,
+    /// `SCM_CREDENTIALS`, present when the socket has `SO_PASSCRED`.
+    creds: Option<UCred>,
 }
 
 /// `Ok(None)` at end of file.
 fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
     let mut bytes = vec![0u8; MAX_FRAME + 1];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_RECEIVED))];
+    let mut space = [MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(MAX_FDS_RECEIVED), ScmCredentials(1))];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = match recvmsg(
@@ -296,9 +303,12 @@ fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
             Err(e) => return Err(RecvError::Io(e)),
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut creds = None;
         for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
+            match message {
+                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+                RecvAncillaryMessage::ScmCredentials(c) => creds = Some(c),
+                _ => {}
             }
         }
         if msg.bytes == 0 {
@@ -316,6 +326,15 @@ fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
             Ok(fds.pop())
         };
         bytes.truncate(msg.bytes.min(MAX_FRAME + 1));
-        return Ok(Some(Datagram { bytes, fd }));
+        return Ok(Some(Datagram { bytes, fd, creds }));
     }
+}
+
+/// Ask the kernel to attach the sender's credentials to every message `sock`
+/// receives (`SO_PASSCRED`), so [`Request::creds`] names who sent each request.
+///
+/// # Errors
+/// The errno of `setsockopt`.
+pub fn pass_credentials(sock: BorrowedFd<'_>) -> Result<(), Errno> {
+    rustix::net::sockopt::set_socket_passcred(sock, true)
 }

@@ -60,7 +60,7 @@ fn four_fds_are_all_closed() {
 #[test]
 fn control_truncated_fds_are_all_closed() {
     assert!(matches!(
-        refused_frame_leaks_nothing(12),
+        refused_frame_leaks_nothing(16),
         FrameError::ControlTruncated { .. }
     ));
 }

@@ -83,6 +83,20 @@ fn request_round_trip_without_fd() {
 }
 
 #[test]
+fn credentials_name_the_sender_when_asked_for() {
+    let (client, daemon) = pair();
+    send_request(client.as_fd(), CMD, &[0; 16], None).expect("send");
+    let req = recv_request(daemon.as_fd()).expect("recv").expect("frame");
+    assert!(req.creds.is_none(), "no SO_PASSCRED, no credentials");
+    luo_wire::pass_credentials(daemon.as_fd()).expect("SO_PASSCRED");
+    send_request(client.as_fd(), CMD, &[0; 16], None).expect("send");
+    let req = recv_request(daemon.as_fd()).expect("recv").expect("frame");
+    let creds = req.creds.expect("credentials");
+    assert_eq!(creds.uid, rustix::process::getuid());
+    assert_eq!(creds.pid, rustix::process::getpid());
+}
+
+#[test]
 fn request_round_trip_with_fd() {
     let (client, daemon) = pair();
     let (writers, _readers) = pipes(1);
@@ -159,7 +173,7 @@ fn two_fds_are_refused() {
 #[test]
 fn more_fds_than_the_control_buffer_are_refused() {
     let (client, daemon) = pair();
-    let (writers, readers) = pipes(8);
+    let (writers, readers) = pipes(16);
     send_with_fds(
         client.as_fd(),
         &encode_request(CMD, &[0; 16]),
@@ -168,7 +182,7 @@ fn more_fds_than_the_control_buffer_are_refused() {
     drop(writers);
     let (error, cmd) = recv_malformed(&daemon);
     assert!(
-        matches!(error, FrameError::ControlTruncated { received } if received < 8),
+        matches!(error, FrameError::ControlTruncated { received } if received < 16),
         "{error:?}"
     );
     assert_eq!(cmd, Some(CMD));
