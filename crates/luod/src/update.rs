@@ -1,0 +1,660 @@
+//! The live update in userspace (SPEC §7): the daemon hands every preserved fd
+//! to its next epoch by re-executing itself, optionally as a new binary.
+//!
+//! ```text
+//! luoctl update ─▶ 1 freeze every PREPARED session      ─ fails ─▶ all cancelled, NORMAL, error
+//!                  2 serialize the handover image
+//!                  3 dry run: NEW --check-handover < image ─ fails ─▶ thaw to PREPARED, error
+//!                  4 queue image, listeners, files on a socketpair (SCM_RIGHTS)
+//!                  5 execve(NEW --resume), the socketpair as stdin ─ fails ─▶ thaw, error
+//!                    (exec closes every old handle: clients see them go stale)
+//!                  6 NEW reads the queue, rebuilds, serves in UPDATED, answers luoctl
+//!                    └ cannot rebuild ─▶ re-exec OLD with the same queue; OLD serves
+//!                                        the same sessions and reports the failure
+//! ```
+//!
+//! Fds cross the exec inside a unix socket's queue rather than by number: the
+//! kernel keeps every open file alive while it is in flight, the new image gets
+//! each one back as an owned fd, and no fd number needs trusting. The listening
+//! sockets ride along too, so a client connecting during the exec waits in the
+//! backlog instead of being refused. Timestamps are CLOCK_MONOTONIC, which is
+//! shared by both images, so the new epoch can report the blackout.
+//!
+//! The rollback after step 6 brings the old binary up with the carried sessions
+//! in UPDATED, exactly as a successful update would: the old handles are gone
+//! either way, and services restore the same way whichever binary serves them.
+
+use std::ffi::OsString;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use luo_core::{HandlerRegistry, Handover, Limits, Orchestrator};
+use luo_wire::control::{ControlReply, UpdateReport};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::control::chain;
+use crate::server::{Conn, Daemon};
+
+/// How long the dry run may take.
+const DRY_RUN_TIMEOUT_MS: i64 = 30_000;
+/// `SCM_MAX_FD`: the most fds one message may carry.
+const FDS_PER_MESSAGE: usize = 253;
+const TRANSFER_MAGIC: [u8; 8] = *b"LUOXFER1";
+/// Testing knob: this build pretends to read only the named handover format, as
+/// a future binary that dropped the current one would.
+pub const ONLY_FORMAT_ENV: &str = "LUOD_ONLY_HANDOVER_FORMAT";
+/// Testing knob: the next `--resume` fails after reading the transfer, to
+/// exercise the rollback to the previous binary. It is removed before that
+/// rollback, so it fires once.
+pub const FAIL_RESUME_ENV: &str = "LUOD_TEST_FAIL_RESUME";
+
+/// The first message of a transfer; its fds are, in order: the image, the device
+/// listener, the control listener, the previous binary, and the `luoctl`
+/// connection to answer when `reply` is set. The preserved files follow, in
+/// `fd_index` order, [`FDS_PER_MESSAGE`] at a time.
+#[derive(Debug, Serialize, Deserialize)]
+struct TransferHeader {
+    magic: [u8; 8],
+    files: u64,
+    started_ns: u64,
+    reply: bool,
+    /// Set when this transfer is a rollback: why the next binary failed.
+    rollback: Option<String>,
+    /// The binary that started the update (the rollback target).
+    previous_exe: String,
+}
+
+/// What the new epoch owes the `luoctl update` that started it.
+#[derive(Debug)]
+pub(crate) struct PendingReport {
+    reply_to: Option<OwnedFd>,
+    started_ns: u64,
+    rollback: Option<String>,
+}
+
+/// Why `--resume` could not start an epoch.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The transfer on standard input is unreadable: nothing can be recovered.
+    #[error("Unreadable transfer: {0}")]
+    Transfer(String),
+    /// The image did not load, and neither did the rollback to the previous binary.
+    #[error("Image rejected ({reason}) and rollback to {exe} failed")]
+    RollbackFailed {
+        /// Why the image was rejected.
+        reason: String,
+        /// The previous binary.
+        exe: String,
+        /// Why its exec failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An epoch rebuilt from a transfer.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    pub(crate) orch: Orchestrator,
+    pub(crate) device_listener: OwnedFd,
+    pub(crate) control_listener: OwnedFd,
+    pub(crate) image: Handover,
+    pub(crate) report: PendingReport,
+}
+
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+fn failed(errno: Errno, msg: impl Into<String>) -> ControlReply {
+    let msg = msg.into();
+    tracing::warn!(%errno, "update failed: {msg}");
+    ControlReply::failed(errno, msg)
+}
+
+/// The running binary, as a path that can be executed even if the file was
+/// replaced on disk meanwhile.
+fn current_exe() -> PathBuf {
+    std::fs::read_link("/proc/self/exe")
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// `luoctl update [--exec PATH]` on control handle `token`. On success this does
+/// not return (the process is the next epoch); on failure the sessions are as
+/// SPEC §7 says and the reply explains.
+pub(crate) fn update(d: &mut Daemon, token: u64, exec: Option<&str>) -> Result<(), ControlReply> {
+    let started_ns = now_ns();
+    let previous = current_exe();
+    let target = exec.map_or_else(|| previous.clone(), PathBuf::from);
+    if d.orch.state() != luo_core::State::Prepared {
+        return Err(failed(
+            Errno::INVAL,
+            format!(
+                "A live update needs global state prepared, not {}: run `luoctl prepare` first",
+                d.orch.state()
+            ),
+        ));
+    }
+    tracing::info!(target = %target.display(), "live update: freezing");
+    let freeze = d
+        .orch
+        .freeze_for_update()
+        .map_err(|e| failed(e.errno(), format!("Freeze failed: {}", chain(&e))))?;
+    match hand_over(d, token, &target, &previous, started_ns) {
+        Ok(never) => match never {},
+        Err(reply) => {
+            d.orch.thaw(freeze);
+            tracing::info!("live update aborted; sessions thawed back to prepared");
+            Err(reply)
+        }
+    }
+}
+
+enum Never {}
+
+fn hand_over(
+    d: &mut Daemon,
+    token: u64,
+    target: &Path,
+    previous: &Path,
+    started_ns: u64,
+) -> Result<Never, ControlReply> {
+    let (image, files) = d
+        .orch
+        .handover(&previous.to_string_lossy())
+        .map_err(|e| failed(e.errno(), chain(&e)))?;
+    let bytes = image.encode();
+    tracing::info!(
+        sessions = image.sessions.len(),
+        files = files.len(),
+        bytes = bytes.len(),
+        "live update: dry run of {}",
+        target.display()
+    );
+    dry_run(target, &bytes).map_err(|why| {
+        failed(
+            Errno::NOEXEC,
+            format!("Dry run of {} failed: {why}", target.display()),
+        )
+    })?;
+
+    let image_fd =
+        sealed_memfd(&bytes).map_err(|e| failed(e, "Cannot store the handover image"))?;
+    let exe_fd = rustix::fs::open(
+        previous,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| failed(e, format!("Cannot open {}", previous.display())))?;
+    let reply_to = match d.conns.get(&token) {
+        Some(Conn::Control { fd, .. }) => Some(fd.as_fd()),
+        _ => None,
+    };
+    let header = TransferHeader {
+        magic: TRANSFER_MAGIC,
+        files: files.len() as u64,
+        started_ns,
+        reply: reply_to.is_some(),
+        rollback: None,
+        previous_exe: previous.to_string_lossy().into_owned(),
+    };
+    let mut fixed = vec![
+        image_fd.as_fd(),
+        d.device_listener.as_fd(),
+        d.control_listener.as_fd(),
+        exe_fd.as_fd(),
+    ];
+    fixed.extend(reply_to);
+    let stdin = queue_transfer(&header, &fixed, &files).map_err(|e| {
+        failed(
+            e,
+            format!(
+                "Cannot queue {} fds for the next epoch (try running luod as root)",
+                files.len()
+            ),
+        )
+    })?;
+    let args = resume_args(&d.cfg);
+    tracing::info!(exe = %target.display(), "live update: exec");
+    let err = exec(target, &args, stdin, &[]);
+    Err(failed(
+        Errno::from_io_error(&err).unwrap_or(Errno::NOEXEC),
+        format!("Exec of {} failed: {err}", target.display()),
+    ))
+}
+
+/// The arguments that give the next epoch this one's configuration.
+fn resume_args(cfg: &crate::config::Config) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["--resume".into()];
+    a.extend(["--socket".into(), cfg.device_socket().into_os_string()]);
+    a.extend([
+        "--control-socket".into(),
+        cfg.control_socket().into_os_string(),
+    ]);
+    if cfg.shared_device {
+        a.push("--shared-device".into());
+    }
+    if let Some(g) = &cfg.group {
+        a.extend(["--group".into(), g.into()]);
+    }
+    a.extend([
+        "--max-sessions-per-uid".into(),
+        cfg.max_sessions_per_uid.to_string().into(),
+    ]);
+    a.extend([
+        "--max-files-per-session".into(),
+        cfg.max_files_per_session.to_string().into(),
+    ]);
+    a.extend([
+        "--max-connections".into(),
+        cfg.max_connections.to_string().into(),
+    ]);
+    a
+}
+
+/// Replace this process with `exe args`, `stdin` as fd 0. Returns only on failure.
+fn exec(exe: &Path, args: &[OsString], stdin: OwnedFd, remove_env: &[&str]) -> std::io::Error {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::from(stdin));
+    for var in remove_env {
+        cmd.env_remove(var);
+    }
+    cmd.exec()
+}
+
+fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
+    let fd = rustix::fs::memfd_create(
+        "luod-handover",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut off = 0;
+    while off < bytes.len() {
+        off += rustix::io::write(&fd, &bytes[off..])?;
+    }
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))?;
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )?;
+    Ok(fd)
+}
+
+/// Step 3: run `exe --check-handover` on a copy of the image, with a timeout.
+fn dry_run(exe: &Path, image: &[u8]) -> Result<(), String> {
+    let input = sealed_memfd(image).map_err(|e| format!("cannot copy the image: {e}"))?;
+    let output =
+        rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    let err_out = output.try_clone().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("--check-handover")
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err_out))
+        .env_remove("NOTIFY_SOCKET")
+        .spawn()
+        .map_err(|e| format!("cannot start it: {e}"))?;
+    let pid = rustix::process::Pid::from_child(&child);
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| e.to_string())?;
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: DRY_RUN_TIMEOUT_MS / 1000,
+        tv_nsec: 0,
+    };
+    let ready = loop {
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Err(Errno::INTR) => {}
+            other => break other,
+        }
+    };
+    if !matches!(ready, Ok(n) if n > 0) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("no answer within {} s", DRY_RUN_TIMEOUT_MS / 1000));
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        return Ok(());
+    }
+    let mut said = vec![0u8; 4096];
+    let n = rustix::io::pread(&output, &mut said, 0).unwrap_or(0);
+    let said = String::from_utf8_lossy(&said[..n]);
+    let said = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    Err(if said.is_empty() {
+        format!("it exited with {status}")
+    } else {
+        format!("it exited with {status}: {said}")
+    })
+}
+
+/// Step 4: a socketpair whose receiving end holds the whole transfer. The
+/// sending end is closed on return: the queue survives it.
+fn queue_transfer(
+    header: &TransferHeader,
+    fixed: &[BorrowedFd<'_>],
+    files: &[BorrowedFd<'_>],
+) -> Result<OwnedFd, Errno> {
+    let (tx, rx) = luo_wire::socketpair_seqpacket()?;
+    // Room for every message: as root beyond net.core.wmem_max, else up to it.
+    let want = (files.len() / FDS_PER_MESSAGE + 2) * 4096 + (1 << 20);
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(&tx, want).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&tx, want);
+    }
+    rustix::io::ioctl_fionbio(&tx, true)?;
+    let head = postcard::to_allocvec(header).map_err(|_| Errno::INVAL)?;
+    send_fds(&tx, &head, fixed)?;
+    for chunk in files.chunks(FDS_PER_MESSAGE) {
+        send_fds(&tx, &(chunk.len() as u32).to_le_bytes(), chunk)?;
+    }
+    Ok(rx)
+}
+
+fn send_fds(sock: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    loop {
+        match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Err(Errno::INTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(Errno::INTR) => {}
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(r) = m {
+            fds.extend(r);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(Errno::NOBUFS);
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// What `--resume` read from standard input.
+struct Transfer {
+    header: TransferHeader,
+    image_fd: OwnedFd,
+    device_listener: OwnedFd,
+    control_listener: OwnedFd,
+    exe_fd: OwnedFd,
+    reply_to: Option<OwnedFd>,
+    files: Vec<OwnedFd>,
+}
+
+fn read_transfer() -> Result<Transfer, String> {
+    let stdin = std::io::stdin();
+    let sock = stdin.as_fd();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, fixed) = recv_fds(sock, &mut buf).map_err(|e| format!("first message: {e}"))?;
+    let header: TransferHeader =
+        postcard::from_bytes(&buf[..n]).map_err(|e| format!("header: {e}"))?;
+    if header.magic != TRANSFER_MAGIC {
+        return Err("bad magic".into());
+    }
+    let mut fixed = fixed.into_iter();
+    let mut next = |what: &str| fixed.next().ok_or_else(|| format!("missing {what}"));
+    let image_fd = next("image")?;
+    let device_listener = next("device listener")?;
+    let control_listener = next("control listener")?;
+    let exe_fd = next("previous binary")?;
+    let reply_to = if header.reply {
+        Some(next("reply handle")?)
+    } else {
+        None
+    };
+    let mut files = Vec::with_capacity(header.files as usize);
+    while (files.len() as u64) < header.files {
+        let (n, fds) = recv_fds(sock, &mut buf).map_err(|e| format!("files: {e}"))?;
+        let count = buf
+            .get(..4)
+            .filter(|_| n == 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if count != Some(fds.len() as u32) || fds.is_empty() {
+            return Err(format!(
+                "file message with {} fds, says {count:?}",
+                fds.len()
+            ));
+        }
+        files.extend(fds);
+    }
+    Ok(Transfer {
+        header,
+        image_fd,
+        device_listener,
+        control_listener,
+        exe_fd,
+        reply_to,
+        files,
+    })
+}
+
+fn read_image(fd: BorrowedFd<'_>) -> Result<Vec<u8>, String> {
+    let size = rustix::fs::fstat(fd).map_err(|e| e.to_string())?.st_size as usize;
+    let mut bytes = vec![0u8; size];
+    let mut off = 0;
+    while off < size {
+        match rustix::io::pread(fd, &mut bytes[off..], off as u64) {
+            Ok(0) => return Err("image shorter than its size".into()),
+            Ok(n) => off += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(bytes)
+}
+
+/// Decode and check an image as this build would load it.
+fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
+    if let Ok(only) = std::env::var(ONLY_FORMAT_ENV) {
+        let found = bytes
+            .get(8..40)
+            .map(|c| String::from_utf8_lossy(c).trim_end_matches('\0').to_owned());
+        if found.as_deref() != Some(only.as_str()) {
+            return Err(format!(
+                "Bad handover image: Unknown format {:?}",
+                found.unwrap_or_default()
+            ));
+        }
+    }
+    let image = Handover::decode(bytes).map_err(|e| format!("Bad handover image: {e}"))?;
+    image
+        .validate(registry)
+        .map_err(|e| format!("Bad handover image: {e}"))?;
+    Ok(image)
+}
+
+/// `luod --check-handover`: the dry run. Reads the image from standard input.
+///
+/// # Errors
+/// Why the image would not load.
+pub fn check_handover() -> Result<Handover, String> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+        .map_err(|e| format!("cannot read the image: {e}"))?;
+    load(&bytes, &HandlerRegistry::with_builtin())
+}
+
+/// `luod --resume`: rebuild the epoch from the transfer on standard input. If the
+/// image does not load, re-exec the previous binary with the same transfer (this
+/// returns only if that fails too).
+pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resumed, ResumeError> {
+    let t = read_transfer().map_err(ResumeError::Transfer)?;
+    // Standard input was the transfer; from now on it is nothing.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    let loaded = read_image(t.image_fd.as_fd()).and_then(|bytes| {
+        if std::env::var_os(FAIL_RESUME_ENV).is_some() {
+            return Err(format!("{FAIL_RESUME_ENV} is set"));
+        }
+        let image = load(&bytes, &registry)?;
+        let files: Vec<OwnedFd> = t
+            .files
+            .iter()
+            .map(|f| f.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let orch = Orchestrator::from_handover(&image, files, registry.clone(), limits)
+            .map_err(|e| chain(&e))?;
+        Ok((image, orch))
+    });
+    match loaded {
+        Ok((image, orch)) => {
+            tracing::info!(
+                epoch = orch.epoch(),
+                sessions = image.sessions.len(),
+                files = image.fd_count(),
+                "resumed from handover"
+            );
+            Ok(Resumed {
+                orch,
+                device_listener: t.device_listener,
+                control_listener: t.control_listener,
+                image,
+                report: PendingReport {
+                    reply_to: t.reply_to,
+                    started_ns: t.header.started_ns,
+                    rollback: t.header.rollback,
+                },
+            })
+        }
+        Err(reason) if t.header.rollback.is_none() => Err(rollback(t, reason)),
+        Err(reason) => Err(ResumeError::Transfer(format!(
+            "the rollback image does not load either: {reason}"
+        ))),
+    }
+}
+
+/// Step 6's unhappy path: hand the same transfer to the previous binary.
+fn rollback(t: Transfer, reason: String) -> ResumeError {
+    tracing::error!(%reason, previous = %t.header.previous_exe, "cannot load the handover; rolling back");
+    let exe = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&t.exe_fd)
+    );
+    let header = TransferHeader {
+        rollback: Some(reason.clone()),
+        ..t.header
+    };
+    let mut fixed = vec![
+        t.image_fd.as_fd(),
+        t.device_listener.as_fd(),
+        t.control_listener.as_fd(),
+        t.exe_fd.as_fd(),
+    ];
+    fixed.extend(t.reply_to.as_ref().map(AsFd::as_fd));
+    let files: Vec<BorrowedFd<'_>> = t.files.iter().map(AsFd::as_fd).collect();
+    let source = match queue_transfer(&header, &fixed, &files) {
+        Ok(stdin) => {
+            let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+            exec(
+                Path::new(&exe),
+                &args,
+                stdin,
+                &[FAIL_RESUME_ENV, ONLY_FORMAT_ENV],
+            )
+        }
+        Err(e) => std::io::Error::from(e),
+    };
+    ResumeError::RollbackFailed {
+        reason,
+        exe: header.previous_exe,
+        source,
+    }
+}
+
+/// Answer the `luoctl update` that started this epoch, on its own connection,
+/// which then goes on as an ordinary control handle.
+pub(crate) fn report(d: &mut Daemon) {
+    let Some(p) = d.pending_report.take() else {
+        return;
+    };
+    let blackout_us = now_ns().saturating_sub(p.started_ns) / 1000;
+    let reply = match &p.rollback {
+        None => ControlReply {
+            update: Some(UpdateReport {
+                epoch: d.orch.epoch(),
+                exe: current_exe().to_string_lossy().into_owned(),
+                sessions: d.orch.sessions().count(),
+                files: d.orch.preserved_count(),
+                blackout_us,
+            }),
+            ..ControlReply::ok()
+        },
+        Some(reason) => ControlReply::failed(
+            Errno::NOEXEC,
+            format!(
+                "The new binary could not load the handover ({reason}); rolled back to {} with every session carried",
+                current_exe().display()
+            ),
+        ),
+    };
+    tracing::info!(
+        epoch = d.orch.epoch(),
+        blackout_us,
+        rollback = p.rollback.is_some(),
+        "live update complete"
+    );
+    let Some(fd) = p.reply_to else { return };
+    if rustix::io::ioctl_fionbio(&fd, true).is_err() {
+        return;
+    }
+    let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+    line.push(b'\n');
+    if let Ok(token) = d.add_conn(Conn::Control {
+        fd,
+        inbuf: Vec::new(),
+        outbuf: line,
+    }) {
+        crate::control::ready(d, token, rustix::event::epoll::EventFlags::OUT);
+    }
+}
