@@ -161,6 +161,12 @@ pub(crate) fn ready(d: &mut Daemon, token: u64, flags: epoll::EventFlags) {
         );
         eof = true;
         inbuf.clear();
+        // Closing with unread input would reset the connection and lose the
+        // reply: take in what the peer already sent, and drop it.
+        if let Some(conn) = d.conns.get(&token) {
+            let mut sink = [0u8; 4096];
+            while matches!(rustix::io::read(conn.fd(), &mut sink), Ok(n) if n > 0) {}
+        }
     }
     let Some(Conn::Control {
         inbuf: slot,
