@@ -46,6 +46,11 @@ pub struct Config {
     /// Internal: standard input carries the previous epoch's handover.
     #[arg(long, hide = true)]
     pub resume: bool,
+
+    /// Arguments that must precede the daemon's own when the running binary is
+    /// re-executed: set by programs that embed the daemon (`luoctl daemon`).
+    #[arg(skip)]
+    pub exec_prefix: Vec<std::ffi::OsString>,
 }
 
 impl Config {

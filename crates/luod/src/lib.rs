@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 mod control;
 mod dispatch;

@@ -5,7 +5,7 @@ use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketT
 /// Send `state` (e.g. `"READY=1"`) to the service manager, if there is one.
 /// Failures are logged, never fatal: the daemon serves either way.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
         return;
     };
     let bytes = path.as_encoded_bytes();

@@ -185,7 +185,12 @@ fn hand_over(
         "live update: dry run of {}",
         target.display()
     );
-    dry_run(target, &bytes).map_err(|why| {
+    let prefix: &[OsString] = if target == previous {
+        &d.cfg.exec_prefix
+    } else {
+        &[]
+    };
+    dry_run(target, prefix, &bytes).map_err(|why| {
         failed(
             Errno::NOEXEC,
             format!("Dry run of {} failed: {why}", target.display()),
@@ -228,7 +233,8 @@ fn hand_over(
             ),
         )
     })?;
-    let args = resume_args(&d.cfg);
+    let mut args = prefix.to_vec();
+    args.extend(resume_args(&d.cfg));
     tracing::info!(exe = %target.display(), "live update: exec");
     let err = exec(target, &args, stdin, &[]);
     Err(failed(
@@ -294,12 +300,13 @@ fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
 }
 
 /// Step 3: run `exe --check-handover` on a copy of the image, with a timeout.
-fn dry_run(exe: &Path, image: &[u8]) -> Result<(), String> {
+fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8]) -> Result<(), String> {
     let input = sealed_memfd(image).map_err(|e| format!("cannot copy the image: {e}"))?;
     let output =
         rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
     let err_out = output.try_clone().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
+        .args(prefix)
         .arg("--check-handover")
         .stdin(Stdio::from(input))
         .stdout(Stdio::null())
