@@ -712,6 +712,9 @@ impl Orchestrator {
         let mut o = Orchestrator::new(registry, limits);
         o.state = State::Updated;
         o.epoch = image.epoch;
+        // Ids never repeat across epochs, so a handle of the previous epoch can
+        // never name a session of this one: it is stale (SPEC §5, §7 step 4).
+        o.next_id = (image.epoch << 32) | 1;
         for si in &image.sessions {
             let id = SessionId(o.next_id);
             o.next_id += 1;

@@ -597,3 +597,16 @@ fn restore_gives_the_same_open_file() {
     rustix::io::read(&fd, &mut buf).expect("read eventfd");
     assert_eq!(u64::from_ne_bytes(buf), 5);
 }
+
+#[test]
+fn a_handle_of_the_previous_epoch_is_stale() {
+    let (mut o, _) = orchestrator();
+    let old = session_with_file(&mut o, "alpha", 1);
+    o.set_event(Event::Prepare as u32).expect("prepare");
+    let mut o = live_update(o);
+    refused(&mut o, Errno::BADF, |o| o.session_state(old, ROOT));
+    // Closing it changes nothing either (SPEC §5: stale handles' close is a no-op).
+    let before = snapshot(&o);
+    o.release_session(old);
+    assert_eq!(snapshot(&o), before);
+}
