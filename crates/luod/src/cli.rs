@@ -25,6 +25,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
     if cfg.check_handover {
         return match crate::update::check_handover() {
             Ok(image) => {
+                println!("{}", crate::update::check_proof(&image));
                 println!("{}", image.dump());
                 ExitCode::SUCCESS
             }

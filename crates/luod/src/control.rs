@@ -70,26 +70,20 @@ pub(crate) fn status(d: &Daemon) -> Status {
     }
 }
 
-/// What to do after answering a line.
-enum Next {
-    Reply(ControlReply),
-    /// The update took over the connection (it answers from the next epoch, or
-    /// has answered already).
-    Taken,
-}
-
-fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Next {
+/// The reply to one line; `None` when the update took over the connection (it
+/// answers from the next epoch).
+fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Option<ControlReply> {
     let req: ControlRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
-            return Next::Reply(ControlReply::failed(
+            return Some(ControlReply::failed(
                 Errno::INVAL,
                 format!("Bad request: {e}"),
             ));
         }
     };
     tracing::debug!(?req, "control request");
-    Next::Reply(match req {
+    Some(match req {
         ControlRequest::Status => ControlReply {
             status: Some(status(d)),
             ..ControlReply::ok()
@@ -109,8 +103,8 @@ fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Next {
             None => ControlReply::failed(Errno::NOENT, "This epoch did not start from a handover"),
         },
         ControlRequest::Update { exec } => match crate::update::update(d, token, exec.as_deref()) {
-            Ok(()) => return Next::Taken,
-            Err(reply) => reply,
+            Ok(()) => return None,
+            Err(reply) => *reply,
         },
     })
 }
@@ -150,8 +144,8 @@ pub(crate) fn ready(d: &mut Daemon, token: u64, flags: epoll::EventFlags) {
     while let Some(pos) = inbuf.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = inbuf.drain(..=pos).collect();
         match handle(d, token, &line[..pos]) {
-            Next::Reply(reply) => push_line(&mut out, &reply),
-            Next::Taken => return,
+            Some(reply) => push_line(&mut out, &reply),
+            None => return,
         }
     }
     if inbuf.len() > MAX_CONTROL_LINE {

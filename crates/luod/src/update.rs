@@ -50,6 +50,19 @@ const DRY_RUN_TIMEOUT_MS: i64 = 30_000;
 /// `SCM_MAX_FD`: the most fds one message may carry.
 const FDS_PER_MESSAGE: usize = 253;
 const TRANSFER_MAGIC: [u8; 8] = *b"LUOXFER1";
+/// The first line `luod --check-handover` prints when the image loads: the dry
+/// run needs this positive proof, not just an exit status of 0 (which
+/// `/bin/true` would give).
+#[must_use]
+pub fn check_proof(image: &Handover) -> String {
+    format!(
+        "luod-check-handover ok epoch={} sessions={} files={}",
+        image.epoch,
+        image.sessions.len(),
+        image.fd_count()
+    )
+}
+
 /// Testing knob: this build pretends to read only the named handover format, as
 /// a future binary that dropped the current one would.
 pub const ONLY_FORMAT_ENV: &str = "LUOD_ONLY_HANDOVER_FORMAT";
@@ -118,10 +131,10 @@ fn now_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
-fn failed(errno: Errno, msg: impl Into<String>) -> ControlReply {
+fn failed(errno: Errno, msg: impl Into<String>) -> Box<ControlReply> {
     let msg = msg.into();
     tracing::warn!(%errno, "update failed: {msg}");
-    ControlReply::failed(errno, msg)
+    Box::new(ControlReply::failed(errno, msg))
 }
 
 /// The running binary, as a path that can be executed even if the file was
@@ -136,7 +149,11 @@ fn current_exe() -> PathBuf {
 /// `luoctl update [--exec PATH]` on control handle `token`. On success this does
 /// not return (the process is the next epoch); on failure the sessions are as
 /// SPEC §7 says and the reply explains.
-pub(crate) fn update(d: &mut Daemon, token: u64, exec: Option<&str>) -> Result<(), ControlReply> {
+pub(crate) fn update(
+    d: &mut Daemon,
+    token: u64,
+    exec: Option<&str>,
+) -> Result<(), Box<ControlReply>> {
     let started_ns = now_ns();
     let previous = current_exe();
     let target = exec.map_or_else(|| previous.clone(), PathBuf::from);
@@ -172,7 +189,7 @@ fn hand_over(
     target: &Path,
     previous: &Path,
     started_ns: u64,
-) -> Result<Never, ControlReply> {
+) -> Result<Never, Box<ControlReply>> {
     let (image, files) = d
         .orch
         .handover(&previous.to_string_lossy())
@@ -190,7 +207,7 @@ fn hand_over(
     } else {
         &[]
     };
-    dry_run(target, prefix, &bytes).map_err(|why| {
+    dry_run(target, prefix, &bytes, &check_proof(&image)).map_err(|why| {
         failed(
             Errno::NOEXEC,
             format!("Dry run of {} failed: {why}", target.display()),
@@ -239,7 +256,7 @@ fn hand_over(
     let err = exec(target, &args, stdin, &[]);
     Err(failed(
         Errno::from_io_error(&err).unwrap_or(Errno::NOEXEC),
-        format!("Exec of {} failed: {err}", target.display()),
+        format!("Exec of {} failed: {}", target.display(), plain(&err)),
     ))
 }
 
@@ -282,6 +299,12 @@ fn exec(exe: &Path, args: &[OsString], stdin: OwnedFd, remove_env: &[&str]) -> s
     cmd.exec()
 }
 
+/// An I/O error's text without std's " (os error N)" suffix.
+fn plain(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_owned()
+}
+
 fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
     let fd = rustix::fs::memfd_create(
         "luod-handover",
@@ -300,7 +323,7 @@ fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
 }
 
 /// Step 3: run `exe --check-handover` on a copy of the image, with a timeout.
-fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8]) -> Result<(), String> {
+fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8], proof: &str) -> Result<(), String> {
     let input = sealed_memfd(image).map_err(|e| format!("cannot copy the image: {e}"))?;
     let output =
         rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
@@ -309,11 +332,11 @@ fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8]) -> Result<(), String> 
         .args(prefix)
         .arg("--check-handover")
         .stdin(Stdio::from(input))
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
         .stderr(Stdio::from(err_out))
         .env_remove("NOTIFY_SOCKET")
         .spawn()
-        .map_err(|e| format!("cannot start it: {e}"))?;
+        .map_err(|e| format!("cannot start it: {}", plain(&e)))?;
     let pid = rustix::process::Pid::from_child(&child);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|e| e.to_string())?;
@@ -337,22 +360,27 @@ fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8]) -> Result<(), String> 
         return Err(format!("no answer within {} s", DRY_RUN_TIMEOUT_MS / 1000));
     }
     let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() {
-        return Ok(());
-    }
-    let mut said = vec![0u8; 4096];
+    let mut said = vec![0u8; 64 * 1024];
     let n = rustix::io::pread(&output, &mut said, 0).unwrap_or(0);
     let said = String::from_utf8_lossy(&said[..n]);
-    let said = said
+    if status.success() {
+        if said.lines().any(|l| l == proof) {
+            return Ok(());
+        }
+        return Err(format!(
+            "it exited with {status} but did not confirm the image (is it luod?)"
+        ));
+    }
+    let last = said
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .trim();
-    Err(if said.is_empty() {
+    Err(if last.is_empty() {
         format!("it exited with {status}")
     } else {
-        format!("it exited with {status}: {said}")
+        format!("it exited with {status}: {last}")
     })
 }
 
