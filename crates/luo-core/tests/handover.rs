@@ -196,3 +196,55 @@ fn orchestrator_round_trip_keeps_sessions_tokens_and_data() {
     assert_eq!(got_data, data);
     assert_eq!(o.preserved_count(), 4);
 }
+
+/// The image a `luod-handover-v1` daemon writes for this state, kept as bytes in
+/// `tests/data/`: if a later change stops reading it, an update from a daemon
+/// that runs today would fail, and this test says so (SPEC §7.7).
+fn golden_v1() -> Handover {
+    Handover {
+        epoch: 7,
+        previous_exe: "/usr/sbin/luod".into(),
+        sessions: vec![
+            SessionImage {
+                name: "vm-42".into(),
+                owner: 107,
+                files: vec![
+                    FileImage {
+                        token: 0x1A,
+                        compatible: "memfd-v1".into(),
+                        data: vec![9, 8, 7],
+                        fd_index: 0,
+                    },
+                    FileImage {
+                        token: u64::MAX,
+                        compatible: "socket-v1".into(),
+                        data: vec![],
+                        fd_index: 1,
+                    },
+                ],
+            },
+            SessionImage {
+                name: "empty".into(),
+                owner: 0,
+                files: vec![],
+            },
+        ],
+    }
+}
+
+const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/handover-v1.bin");
+
+#[test]
+fn the_golden_v1_image_still_decodes() {
+    let bytes = std::fs::read(GOLDEN_V1).expect("tests/data/handover-v1.bin");
+    assert_eq!(Handover::decode(&bytes), Ok(golden_v1()));
+}
+
+/// Run once, by hand, when a format version is frozen:
+/// `cargo test -p luo-core --test handover -- --ignored write_golden`.
+#[test]
+#[ignore = "writes test data"]
+fn write_golden_v1_image() {
+    std::fs::create_dir_all(std::path::Path::new(GOLDEN_V1).parent().expect("dir")).expect("mkdir");
+    std::fs::write(GOLDEN_V1, golden_v1().encode()).expect("write");
+}

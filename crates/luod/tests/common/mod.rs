@@ -193,3 +193,192 @@ pub fn call(
     luo_wire::send_request(fd.as_fd(), cmd, payload, with).expect("send");
     luo_wire::recv_reply(fd.as_fd()).expect("reply")
 }
+
+impl Luod {
+    /// A device handle through the client library.
+    pub fn luo(&self) -> luo::Device {
+        luo::Device::open_at(&self.socket).expect("open device")
+    }
+
+    /// Global PREPARE through the control socket.
+    pub fn prepare(&self) {
+        let r = self.control(&ControlRequest::Prepare);
+        assert!(r.ok, "prepare: {:?}", r.error);
+    }
+
+    /// `luoctl update [--exec PATH]`: the reply comes from the next epoch (or
+    /// the rolled-back one), which has said READY=1 by then; that is consumed
+    /// here so the next wait sees the next epoch.
+    pub fn update(&self, exec: Option<&str>) -> ControlReply {
+        let r = self.control(&ControlRequest::Update {
+            exec: exec.map(str::to_owned),
+        });
+        let execed = r.ok
+            || r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("rolled back"));
+        if execed {
+            self.wait_ready();
+        }
+        r
+    }
+
+    /// Poll the daemon's fd count until it equals `want` (it closes handles
+    /// asynchronously), or fail after a few seconds.
+    pub fn wait_fd_count(&self, want: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.fd_count();
+            if n == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon holds {n} fds, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// A memfd holding `bytes`.
+pub fn memfd(name: &str, bytes: &[u8]) -> OwnedFd {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    let mut off = 0;
+    while off < bytes.len() {
+        off += rustix::io::write(&fd, &bytes[off..]).expect("write memfd");
+    }
+    fd
+}
+
+/// The whole content of a file, read from offset 0 without moving its offset.
+pub fn contents(fd: &OwnedFd) -> Vec<u8> {
+    let size = rustix::fs::fstat(fd).expect("fstat").st_size as usize;
+    let mut buf = vec![0u8; size];
+    let mut off = 0;
+    while off < size {
+        off += rustix::io::pread(fd, &mut buf[off..], off as u64).expect("pread");
+    }
+    buf
+}
+
+// ----- the live update, polling, luoctl, files (errnos, release, access, limits, status) -----
+
+/// How long a condition the daemon reaches asynchronously (a handle's close) may
+/// take before a test gives up on it.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Luod {
+    /// Global PREPARE, then the live update, on one control connection, as
+    /// `luoctl update --prepare` does; returns once the next epoch answered and
+    /// said READY=1. Every handle of the old epoch is stale afterwards.
+    pub fn prepare_and_update(&self) -> luo_wire::control::UpdateReport {
+        let mut conn = self.control_conn();
+        let reply = conn.call(&ControlRequest::Prepare);
+        assert!(reply.ok, "prepare: {:?}\n{}", reply.error, self.log());
+        self.update_on(conn)
+    }
+
+    /// The live update from global PREPARED (the caller prepared).
+    pub fn update_prepared(&self) -> luo_wire::control::UpdateReport {
+        self.update_on(self.control_conn())
+    }
+
+    fn update_on(&self, mut conn: ControlConn) -> luo_wire::control::UpdateReport {
+        // The next epoch answers on this same connection.
+        let reply = conn.call(&ControlRequest::Update { exec: None });
+        assert!(reply.ok, "update: {:?}\n{}", reply.error, self.log());
+        self.wait_ready();
+        reply.update.expect("an update report")
+    }
+
+    /// A control request that must succeed.
+    pub fn control_ok(&self, req: &ControlRequest) -> ControlReply {
+        let reply = self.control(req);
+        assert!(reply.ok, "{req:?}: {:?}\n{}", reply.error, self.log());
+        reply
+    }
+
+    /// Poll `status` until `done` holds (the daemon sees a handle's last close
+    /// asynchronously); panics after [`SETTLE_DEADLINE`] with the last status.
+    pub fn wait_for_status(&self, what: &str, mut done: impl FnMut(&Status) -> bool) -> Status {
+        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not reached; last status {status:#?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Run the real `luoctl` against this daemon.
+    pub fn luoctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(luoctl_binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run luoctl")
+    }
+
+    /// `luoctl status --json`, parsed.
+    pub fn luoctl_status(&self) -> Status {
+        let out = self.luoctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "luoctl status --json: {out:?}\n{}",
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "luoctl status --json printed no Status ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// The `luoctl` binary: `$LUOCTL` when set, else `luoctl` in the target directory
+/// these tests were built into (`cargo build --workspace` builds it).
+pub fn luoctl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LUOCTL") {
+        return path.into();
+    }
+    // Integration tests run from <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("luoctl"))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first, or set LUOCTL",
+        path.display()
+    );
+    path
+}
+
+/// The errno of a call that must fail.
+pub fn errno<T: std::fmt::Debug>(result: luo::Result<T>) -> luo::Errno {
+    result.expect_err("an error").errno()
+}
+
+impl Luod {
+    /// Memfds the daemon holds open: exactly its preserved memfds, whatever
+    /// handles come and go.
+    pub fn memfd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("daemon fd dir")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("/memfd:"))
+            .count()
+    }
+}
