@@ -108,19 +108,25 @@ pub struct Daemon {
     pub(crate) pending_report: Option<crate::update::PendingReport>,
 }
 
-/// Raise RLIMIT_NOFILE to its hard limit (SPEC §9); returns the limit in force.
+/// Raise RLIMIT_NOFILE (SPEC §9): to the kernel's ceiling (`fs.nr_open`) when
+/// allowed to (root), else to the hard limit. Returns the limit in force.
 fn raise_nofile() -> usize {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if let Some(max) = lim.maximum {
-        lim.current = Some(max);
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let raised = ceiling
+        .filter(|&c| hard.is_some_and(|h| c > h))
+        .map(|c| setrlimit(Resource::Nofile, Rlimit { current: Some(c), maximum: Some(c) }));
+    if !matches!(raised, Some(Ok(()))) {
+        let mut lim = getrlimit(Resource::Nofile);
+        lim.current = lim.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
         }
     }
-    getrlimit(Resource::Nofile)
-        .current
-        .map_or(1 << 20, |n| n as usize)
+    getrlimit(Resource::Nofile).current.map_or(1 << 20, |n| n as usize)
 }
 
 impl Daemon {
