@@ -21,7 +21,9 @@ use clap::{Parser, Subcommand};
         Services preserve their file descriptors in named sessions; the operator \
         prepares them, runs the live update (luod hands everything to its next epoch, \
         optionally as a new binary), and finishes once the services have taken their \
-        state back. luoctl talks to luod's control socket."
+        state back. luoctl talks to luod's control socket.",
+    after_help = "luoctl daemon [LUOD OPTIONS]: run the daemon, luod, in this binary \
+        (`daemon` must be the first argument; `luoctl daemon --help` lists its options)"
 )]
 pub struct Cli {
     /// luod's device socket [default: $LUO_SOCKET, else /run/luo/luo.sock for root,
@@ -67,6 +69,26 @@ pub enum Command {
         /// Prepare first when nothing is prepared yet (cancelled again if the update fails)
         #[arg(long)]
         prepare: bool,
+    },
+    /// Show a stateful service surviving a live update, end to end (starts its own luod)
+    ///
+    /// A key-value service keeps its memory (a memfd) and its listening socket in a
+    /// luod session while clients keep sending requests; luod is live-updated, a new
+    /// instance of the service takes both back, and every key is checked. luod and
+    /// the service run from this binary, in a temporary directory removed at the
+    /// end; --socket, --control-socket and --json do not apply.
+    Demo {
+        /// Keys written before the update and checked after it
+        #[arg(long, value_name = "N", default_value_t = 2000,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        keys: u32,
+    },
+    /// The demo's key-value service (started by `luoctl demo`)
+    #[command(hide = true)]
+    DemoService {
+        /// Take over from the previous instance: retrieve the session after an update
+        #[arg(long)]
+        takeover: bool,
     },
     /// Inspect handover images (what crosses a live update)
     Handover {
@@ -218,7 +240,7 @@ mod tests {
     fn unknown_or_missing_commands_are_refused() {
         assert!(parse(&[]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
-        assert!(parse(&["demo"]).is_err());
+        assert!(parse(&["demo", "--keys", "0"]).is_err());
         assert!(parse(&["status", "extra"]).is_err());
     }
 
@@ -226,9 +248,34 @@ mod tests {
     fn help_explains_every_command() {
         let help = Cli::command().render_long_help().to_string();
         for word in [
-            "status", "prepare", "cancel", "finish", "version", "update", "handover",
+            "status",
+            "prepare",
+            "cancel",
+            "finish",
+            "version",
+            "update",
+            "handover",
+            "demo",
+            "luoctl daemon",
         ] {
             assert!(help.contains(word), "{word} missing from:\n{help}");
         }
+        assert!(!help.contains("demo-service"), "{help}");
+    }
+
+    #[test]
+    fn demo_and_its_service() {
+        assert_eq!(
+            parse(&["demo"]).expect("demo").command,
+            Command::Demo { keys: 2000 }
+        );
+        assert_eq!(
+            parse(&["demo", "--keys", "5"]).expect("demo").command,
+            Command::Demo { keys: 5 }
+        );
+        let service = parse(&["demo-service", "--socket", "/d/luo.sock", "--takeover"])
+            .expect("demo-service");
+        assert_eq!(service.command, Command::DemoService { takeover: true });
+        assert_eq!(service.device_socket(), Path::new("/d/luo.sock"));
     }
 }

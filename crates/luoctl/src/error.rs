@@ -110,9 +110,38 @@ pub enum Error {
     /// Writing the output failed.
     #[error("Cannot write the output")]
     Output(#[source] std::io::Error),
+    /// `luoctl demo` or its service failed: `what` says where, with the values
+    /// that matter.
+    #[error("{what}")]
+    Demo {
+        /// What failed.
+        what: String,
+        /// Why, when another error says it.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl Error {
+    /// A [`Error::Demo`] with nothing underneath.
+    pub(crate) fn demo(what: impl Into<String>) -> Error {
+        Error::Demo {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Error::Demo`] caused by `source`.
+    pub(crate) fn demo_by(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Demo {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
     /// The errno this error stands for, when there is one: the daemon's, or the
     /// socket's.
     ///
@@ -129,12 +158,28 @@ impl Error {
             | Error::ReadImage { source, .. }
             | Error::Output(source) => source.raw_os_error().and_then(errno_from),
             Error::UpdateAfterPrepare { source, .. } => source.errno(),
+            Error::Demo {
+                source: Some(source),
+                ..
+            } => {
+                if let Some(e) = source.downcast_ref::<luo::Error>() {
+                    Some(e.errno())
+                } else if let Some(e) = source.downcast_ref::<Error>() {
+                    e.errno()
+                } else {
+                    source
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        .and_then(errno_from)
+                }
+            }
             Error::NoReply { .. }
             | Error::BadReply { .. }
             | Error::MissingField { .. }
             | Error::NothingPrepared
             | Error::ExecPath { .. }
-            | Error::DecodeImage { .. } => None,
+            | Error::DecodeImage { .. }
+            | Error::Demo { source: None, .. } => None,
         }
     }
 

@@ -14,6 +14,12 @@
 //! ```
 //! `luoctl update --prepare` does the first two in one go.
 //!
+//! # The demo
+//! `luoctl demo` ([`demo`](crate::Command::Demo)) runs all of this end to end with
+//! nothing installed: luod runs from this binary (`luoctl daemon`, see
+//! [`run_daemon`]), and so does the demo's stateful service
+//! (`luoctl demo-service`).
+//!
 //! # Unhappy paths
 //! Every failure is one line on stderr, `luoctl: <reason>`, and exit status 1:
 //! luod not running (connect fails), a refusal (the daemon's text and errno name),
@@ -27,11 +33,15 @@
 
 mod cli;
 mod control;
+mod demo;
+mod demo_service;
 mod error;
 mod table;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 
 use luo_wire::control::{ControlReply, ControlRequest};
 
@@ -39,6 +49,28 @@ pub use cli::{Cli, Command, HandoverCommand};
 pub use control::{ControlClient, MAX_REPLY};
 pub use error::Error;
 pub use table::render_status;
+
+/// The first argument that makes `luoctl` the daemon: `luoctl daemon [luod's
+/// options]` runs luod in this binary ([`run_daemon`]).
+pub const DAEMON_COMMAND: &str = "daemon";
+
+/// The (hidden) command that runs the demo's service.
+pub const DEMO_SERVICE_COMMAND: &str = "demo-service";
+
+/// Runs luod, the daemon, in this process: `args` are luod's own (without a
+/// program name). When it re-executes itself for a live update, it runs this
+/// binary as `luoctl daemon ...` again, so the update works without a separate
+/// `luod` binary.
+///
+/// ```no_run
+/// let code = luoctl::run_daemon(["--socket".into(), "/tmp/luo.sock".into()]);
+/// ```
+pub fn run_daemon(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    luod::cli::main(
+        std::iter::once(OsString::from("luod")).chain(args),
+        vec![DAEMON_COMMAND.into()],
+    )
+}
 
 /// Runs the command `cli` names, printing to `out`.
 ///
@@ -53,6 +85,10 @@ pub use table::render_status;
 /// ```
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
     let text = match &cli.command {
+        Command::Demo { keys } => return demo::run(*keys as usize, out),
+        Command::DemoService { takeover } => {
+            return demo_service::run(&cli.device_socket(), *takeover, out);
+        }
         Command::Handover {
             command: HandoverCommand::Dump { file: Some(file) },
         } => dump_file(file, cli.json)?,
@@ -126,6 +162,9 @@ fn run_control(
             } else {
                 describe_update(&reply)
             })
+        }
+        Command::Demo { .. } | Command::DemoService { .. } => {
+            unreachable!("run() handles the demo before connecting")
         }
         Command::Handover {
             command: HandoverCommand::Dump { .. },
