@@ -116,9 +116,15 @@ fn raise_nofile() -> usize {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
     let hard = getrlimit(Resource::Nofile).maximum;
-    let raised = ceiling
-        .filter(|&c| hard.is_some_and(|h| c > h))
-        .map(|c| setrlimit(Resource::Nofile, Rlimit { current: Some(c), maximum: Some(c) }));
+    let raised = ceiling.filter(|&c| hard.is_some_and(|h| c > h)).map(|c| {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(c),
+                maximum: Some(c),
+            },
+        )
+    });
     if !matches!(raised, Some(Ok(()))) {
         let mut lim = getrlimit(Resource::Nofile);
         lim.current = lim.maximum;
@@ -126,7 +132,9 @@ fn raise_nofile() -> usize {
             tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
         }
     }
-    getrlimit(Resource::Nofile).current.map_or(1 << 20, |n| n as usize)
+    getrlimit(Resource::Nofile)
+        .current
+        .map_or(1 << 20, |n| n as usize)
 }
 
 impl Daemon {
