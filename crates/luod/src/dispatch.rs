@@ -144,47 +144,49 @@ fn device(d: &mut Daemon, caller: Caller, req: Request) -> Response {
             Err(e) => engine(&e),
         },
         DeviceRequest::CreateSession(mut s) => {
-            let name = match parse_name(&s.name) {
-                Ok(n) => n.to_owned(),
-                Err(e) => return Response::err(e),
-            };
-            let id = match d.orch.create_session(&name, caller) {
-                Ok(id) => id,
-                Err(e) => return engine(&e),
-            };
-            match open_session_handle(d, id) {
-                Ok(client_end) => {
-                    tracing::info!(session = %name, uid = caller.uid, "session created");
-                    s.fd = -1;
-                    Response::ok(&s, size).with_fd(client_end)
-                }
-                Err(e) => {
-                    d.orch.release_session(id);
-                    Response::err(e)
-                }
-            }
+            s.fd = -1;
+            let id = parse_name(&s.name)
+                .map_err(Response::err)
+                .and_then(|name| d.orch.create_session(name, caller).map_err(|e| engine(&e)));
+            hand_out(d, id, caller, "created")
+                .map_or_else(|r| r, |fd| Response::ok(&s, size).with_fd(fd))
         }
         DeviceRequest::RetrieveSession(mut s) => {
-            let name = match parse_name(&s.name) {
-                Ok(n) => n.to_owned(),
-                Err(e) => return Response::err(e),
-            };
-            let id = match d.orch.retrieve_session(&name, caller) {
-                Ok(id) => id,
-                Err(e) => return engine(&e),
-            };
-            match open_session_handle(d, id) {
-                Ok(client_end) => {
-                    tracing::info!(session = %name, uid = caller.uid, "session retrieved");
-                    s.fd = -1;
-                    Response::ok(&s, size).with_fd(client_end)
-                }
-                Err(e) => {
-                    // No handle reached the client: as if it had closed it at once.
-                    d.orch.release_session(id);
-                    Response::err(e)
-                }
-            }
+            s.fd = -1;
+            let id = parse_name(&s.name).map_err(Response::err).and_then(|name| {
+                d.orch
+                    .retrieve_session(name, caller)
+                    .map_err(|e| engine(&e))
+            });
+            hand_out(d, id, caller, "retrieved")
+                .map_or_else(|r| r, |fd| Response::ok(&s, size).with_fd(fd))
+        }
+    }
+}
+
+/// The client's end of a handle to the session just created or retrieved. If no
+/// handle can be made, the session is released at once, as if the client had
+/// closed it: nothing is left behind.
+fn hand_out(
+    d: &mut Daemon,
+    id: Result<SessionId, Response>,
+    caller: Caller,
+    what: &str,
+) -> Result<OwnedFd, Response> {
+    let id = id?;
+    match open_session_handle(d, id) {
+        Ok(fd) => {
+            let name = d
+                .orch
+                .session(id)
+                .map(|s| s.name().to_owned())
+                .unwrap_or_default();
+            tracing::info!(session = %name, uid = caller.uid, "session {what}");
+            Ok(fd)
+        }
+        Err(e) => {
+            d.orch.release_session(id);
+            Err(Response::err(e))
         }
     }
 }
