@@ -49,6 +49,9 @@ use crate::server::{Conn, Daemon};
 const DRY_RUN_TIMEOUT_MS: i64 = 30_000;
 /// `SCM_MAX_FD`: the most fds one message may carry.
 const FDS_PER_MESSAGE: usize = 253;
+/// `luoctl` connections carried across the exec, beyond the one that asked;
+/// any more are closed (their holders see the connection end).
+const MAX_CARRIED_CONTROLS: usize = 200;
 const TRANSFER_MAGIC: [u8; 8] = *b"LUOXFER1";
 /// The first line `luod --check-handover` prints when the image loads: the dry
 /// run needs this positive proof, not just an exit status of 0 (which
@@ -81,6 +84,10 @@ struct TransferHeader {
     files: u64,
     started_ns: u64,
     reply: bool,
+    /// Other `luoctl` connections, carried so their requests are answered by the
+    /// next epoch instead of being cut off by the exec.
+    #[serde(default)]
+    controls: u32,
     /// Set when this transfer is a rollback: why the next binary failed.
     rollback: Option<String>,
     /// The binary that started the update (the rollback target).
@@ -91,6 +98,7 @@ struct TransferHeader {
 #[derive(Debug)]
 pub(crate) struct PendingReport {
     reply_to: Option<OwnedFd>,
+    controls: Vec<OwnedFd>,
     started_ns: u64,
     rollback: Option<String>,
 }
@@ -222,6 +230,13 @@ fn hand_over(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| failed(e, format!("Cannot open {}", previous.display())))?;
+    let others: Vec<_> = d
+        .conns
+        .iter()
+        .filter(|(t, c)| **t != token && matches!(c, Conn::Control { .. }))
+        .map(|(_, c)| c.fd().as_fd())
+        .take(MAX_CARRIED_CONTROLS)
+        .collect();
     let reply_to = match d.conns.get(&token) {
         Some(Conn::Control { fd, .. }) => Some(fd.as_fd()),
         _ => None,
@@ -231,6 +246,7 @@ fn hand_over(
         files: files.len() as u64,
         started_ns,
         reply: reply_to.is_some(),
+        controls: others.len() as u32,
         rollback: None,
         previous_exe: previous.to_string_lossy().into_owned(),
     };
@@ -241,6 +257,7 @@ fn hand_over(
         exe_fd.as_fd(),
     ];
     fixed.extend(reply_to);
+    fixed.extend(others.iter().copied());
     let stdin = queue_transfer(&header, &fixed, &files).map_err(|e| {
         failed(
             e,
@@ -462,6 +479,7 @@ struct Transfer {
     control_listener: OwnedFd,
     exe_fd: OwnedFd,
     reply_to: Option<OwnedFd>,
+    controls: Vec<OwnedFd>,
     files: Vec<OwnedFd>,
 }
 
@@ -486,6 +504,9 @@ fn read_transfer() -> Result<Transfer, String> {
     } else {
         None
     };
+    let controls = (0..header.controls)
+        .map(|_| next("control handle"))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut files = Vec::with_capacity(header.files as usize);
     while (files.len() as u64) < header.files {
         let (n, fds) = recv_fds(sock, &mut buf).map_err(|e| format!("files: {e}"))?;
@@ -508,6 +529,7 @@ fn read_transfer() -> Result<Transfer, String> {
         control_listener,
         exe_fd,
         reply_to,
+        controls,
         files,
     })
 }
@@ -597,6 +619,7 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
                 image,
                 report: PendingReport {
                     reply_to: t.reply_to,
+                    controls: t.controls,
                     started_ns: t.header.started_ns,
                     rollback: t.header.rollback,
                 },
@@ -627,6 +650,7 @@ fn rollback(t: Transfer, reason: String) -> ResumeError {
         t.exe_fd.as_fd(),
     ];
     fixed.extend(t.reply_to.as_ref().map(AsFd::as_fd));
+    fixed.extend(t.controls.iter().map(AsFd::as_fd));
     let files: Vec<BorrowedFd<'_>> = t.files.iter().map(AsFd::as_fd).collect();
     let source = match queue_transfer(&header, &fixed, &files) {
         Ok(stdin) => {
@@ -679,17 +703,24 @@ pub(crate) fn report(d: &mut Daemon) {
         rollback = p.rollback.is_some(),
         "live update complete"
     );
-    let Some(fd) = p.reply_to else { return };
-    if rustix::io::ioctl_fionbio(&fd, true).is_err() {
-        return;
-    }
     let mut line = serde_json::to_vec(&reply).unwrap_or_default();
     line.push(b'\n');
-    if let Ok(token) = d.add_conn(Conn::Control {
-        fd,
-        inbuf: Vec::new(),
-        outbuf: line,
-    }) {
-        crate::control::ready(d, token, rustix::event::epoll::EventFlags::OUT);
+    // The asker gets its answer first; the other carried connections are served
+    // as if nothing had happened (what they sent meanwhile is still queued).
+    let carried = p.reply_to.map(|fd| (fd, line)).into_iter();
+    for (fd, outbuf) in carried.chain(p.controls.into_iter().map(|fd| (fd, Vec::new()))) {
+        if rustix::io::ioctl_fionbio(&fd, true).is_err() {
+            continue;
+        }
+        let conn = Conn::Control {
+            fd,
+            inbuf: Vec::new(),
+            outbuf,
+        };
+        if let Ok(token) = d.add_conn(conn) {
+            let flags =
+                rustix::event::epoll::EventFlags::IN | rustix::event::epoll::EventFlags::OUT;
+            crate::control::ready(d, token, flags);
+        }
     }
 }

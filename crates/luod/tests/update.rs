@@ -478,6 +478,43 @@ fn a_new_image_that_fails_after_the_exec_hands_everything_back() {
 }
 
 #[test]
+fn only_one_update_runs_and_the_next_epoch_answers_the_other_request() {
+    use luo_wire::control::ControlRequest;
+    let d = Luod::start();
+    let _s = prepared_session(&d);
+    let mut a = d.control_conn();
+    let mut b = d.control_conn();
+    assert!(
+        b.call(&ControlRequest::Version).ok,
+        "b is connected before the update"
+    );
+    let update = b"{\"op\":\"update\"}\n";
+    a.send_line(update);
+    b.send_line(update);
+    let (ra, rb) = (
+        a.read_reply().expect("a answered"),
+        b.read_reply().expect("b answered"),
+    );
+    d.wait_ready();
+    assert_eq!(
+        u8::from(ra.ok) + u8::from(rb.ok),
+        1,
+        "exactly one update ran: {ra:?} {rb:?}"
+    );
+    let refused = if ra.ok { &rb } else { &ra };
+    assert_eq!(
+        refused.errno,
+        Some(Errno::INVAL.raw_os_error()),
+        "{refused:?}"
+    );
+    // Both connections crossed the exec and still serve.
+    for c in [&mut a, &mut b] {
+        let st = c.call(&ControlRequest::Status).status.expect("status");
+        assert_eq!((st.state.as_str(), st.epoch), ("updated", 1));
+    }
+}
+
+#[test]
 fn an_update_from_normal_is_refused_and_changes_nothing() {
     let d = Luod::start();
     let s = luo::create_session_at(&d.socket, "idle").expect("create");
