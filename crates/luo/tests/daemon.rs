@@ -6,11 +6,7 @@
 //! these tests were built into (`cargo test --workspace` builds it; alone, run
 //! `cargo build -p luod` first).
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use luo::uapi::{
@@ -18,127 +14,21 @@ use luo::uapi::{
     name_field,
 };
 use luo::{Device, Errno, Error, Event, Session, State};
-use luo_wire::control::{ControlReply, ControlRequest, Status};
-use rustix::fs::MemfdFlags;
+use luo_testkit::{Luod, contents, errno, memfd, sibling_binary};
+use luo_wire::control::ControlRequest;
 use zerocopy::IntoBytes;
 
-/// A running `luod`, stopped (SIGTERM) on drop.
-struct Luod {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    child: Child,
-}
-
-fn luod_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("LUOD") {
-        return path.into();
-    }
-    // Integration tests run from <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("luod"))
-        .expect("target dir");
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build -p luod` (or the workspace's tests), or set LUOD",
-        path.display()
-    );
-    path
-}
-
-impl Luod {
-    fn start() -> Luod {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("luo.sock");
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let log = std::fs::File::create(dir.path().join("luod.log")).expect("log");
-        let child = Command::new(luod_binary())
-            .arg("--socket")
-            .arg(&socket)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn luod");
-        let d = Luod { dir, socket, child };
-        let mut buf = [0u8; 64];
-        loop {
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("luod never got ready: {e}\n{}", d.log()));
-            if &buf[..n] == b"READY=1" {
-                return d;
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("luod.log")).unwrap_or_default()
-    }
-
-    /// One control request on a fresh connection.
-    fn control(&self, request: &ControlRequest) -> ControlReply {
-        let path = luo_wire::paths::control_socket_beside(&self.socket);
-        let mut stream = UnixStream::connect(path).expect("connect control");
-        let mut line = serde_json::to_vec(request).expect("json");
-        line.push(b'\n');
-        stream.write_all(&line).expect("write control");
-        let mut reply = String::new();
-        BufReader::new(stream)
-            .read_line(&mut reply)
-            .expect("read control");
-        serde_json::from_str(&reply)
-            .unwrap_or_else(|e| panic!("reply {reply:?}: {e}\n{}", self.log()))
-    }
-
-    fn ok(&self, request: &ControlRequest) -> ControlReply {
-        let reply = self.control(request);
-        assert!(reply.ok, "{request:?}: {:?}\n{}", reply.error, self.log());
-        reply
-    }
-
-    fn status(&self) -> Status {
-        self.ok(&ControlRequest::Status).status.expect("status")
-    }
-}
-
-impl Drop for Luod {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-    }
+fn start() -> Luod {
+    Luod::start_binary(&sibling_binary("luod", "LUOD"), &[], &[])
 }
 
 fn memfd_with(data: &[u8]) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("luo-test", MemfdFlags::CLOEXEC).expect("memfd");
-    rustix::io::write(&fd, data).expect("write");
-    fd
-}
-
-fn contents(fd: &OwnedFd, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let n = rustix::io::pread(fd, &mut buf, 0).expect("pread");
-    buf.truncate(n);
-    buf
-}
-
-fn errno(result: luo::Result<impl std::fmt::Debug>) -> Errno {
-    result.expect_err("an error").errno()
+    memfd("luo-test", data)
 }
 
 #[test]
 fn files_survive_a_live_update_and_old_handles_go_stale() {
-    let d = Luod::start();
+    let d = start();
     let session = luo::create_session_at(&d.socket, "db").expect("create");
     assert_eq!(session.name(), Some("db"));
     let memory = memfd_with(b"state of epoch 0");
@@ -148,9 +38,9 @@ fn files_survive_a_live_update_and_old_handles_go_stale() {
     drop((memory, pipe_r));
     assert_eq!(session.state().expect("state"), State::Normal);
 
-    d.ok(&ControlRequest::Prepare);
+    d.control_ok(&ControlRequest::Prepare);
     assert_eq!(session.state().expect("state"), State::Prepared);
-    let reply = d.ok(&ControlRequest::Update { exec: None });
+    let reply = d.control_ok(&ControlRequest::Update { exec: None });
     let report = reply.update.expect("update report");
     assert_eq!((report.epoch, report.sessions, report.files), (1, 1, 2));
 
@@ -161,7 +51,7 @@ fn files_survive_a_live_update_and_old_handles_go_stale() {
     let session = luo::retrieve_session_at(&d.socket, "db").expect("retrieve");
     assert_eq!(session.state().expect("state"), State::Updated);
     let memory = session.restore(1).expect("restore memfd");
-    assert_eq!(contents(&memory, 64), b"state of epoch 0");
+    assert_eq!(contents(&memory), b"state of epoch 0");
     session.restore(2).expect("restore pipe");
     assert_eq!(errno(session.restore(1)), Errno::ADDRINUSE);
     assert_eq!(errno(session.restore(3)), Errno::NOENT);
@@ -171,13 +61,13 @@ fn files_survive_a_live_update_and_old_handles_go_stale() {
         errno(luo::retrieve_session_at(&d.socket, "db")),
         Errno::ADDRINUSE
     );
-    d.ok(&ControlRequest::Finish);
+    d.control_ok(&ControlRequest::Finish);
     assert_eq!(d.status().state, "normal");
 }
 
 #[test]
 fn refusals_come_back_as_typed_errors() {
-    let d = Luod::start();
+    let d = start();
     let device = Device::open_at(&d.socket).expect("open");
     assert_eq!(device.state().expect("state"), State::Normal);
     let session = device.create_session("a").expect("create");
@@ -224,7 +114,7 @@ fn refusals_come_back_as_typed_errors() {
 
 #[test]
 fn the_device_is_exclusive_and_the_one_step_calls_wait_for_it() {
-    let d = Luod::start();
+    let d = start();
     let held = Device::open_at(&d.socket).expect("open");
     assert!(Device::open_at(&d.socket).expect_err("busy").is_busy());
     let e = Device::open_at_retrying(&d.socket, Duration::from_millis(20)).expect_err("busy");
@@ -247,7 +137,7 @@ fn the_device_is_exclusive_and_the_one_step_calls_wait_for_it() {
 
 #[test]
 fn raw_ioctls_show_the_wire_as_is() {
-    let d = Luod::start();
+    let d = start();
     let device = Device::open_at(&d.socket).expect("open");
 
     let mut short = IoctlGetState::default().as_bytes().to_vec();
@@ -292,7 +182,7 @@ fn raw_ioctls_show_the_wire_as_is() {
 
 #[test]
 fn a_session_handle_can_change_hands() {
-    let d = Luod::start();
+    let d = start();
     let session = luo::create_session_at(&d.socket, "shared").expect("create");
     let copy = session.as_fd().try_clone_to_owned().expect("dup");
     drop(session);
