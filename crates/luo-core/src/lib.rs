@@ -25,5 +25,5 @@ pub use error::{Error, Result};
 pub use file_handler::{FileHandler, FileKey, HandlerRegistry};
 pub use handover::{Handover, HandoverError};
 pub use luo_uapi::rfc_v4::{Event, State};
-pub use orchestrator::{Caller, Limits, Orchestrator, UpdateFreeze};
+pub use orchestrator::{Caller, HandoverFailure, Limits, Orchestrator, UpdateFreeze};
 pub use session::{Session, SessionId};

@@ -687,27 +687,23 @@ impl Orchestrator {
     /// the fds carried with it (in `fd_index` order).
     ///
     /// Nothing is built unless everything checks out: each file's handler is
-    /// registered, accepts its data and its fd, and no inode appears twice.
+    /// registered, accepts its data and its fd, every fd is used once, and no
+    /// file appears twice. On failure the fds are handed back untouched, so the
+    /// caller can still carry them elsewhere (the rollback of SPEC §7 step 6).
     ///
     /// # Errors
-    /// `EIO` ([`Error::Handover`]) for an image that does not fit the fds or the
-    /// registry.
+    /// [`HandoverFailure`]: `EIO` ([`Error::Handover`]) for an image that does
+    /// not fit the fds or the registry, with the fds.
     pub fn from_handover(
         image: &Handover,
         fds: Vec<OwnedFd>,
         registry: HandlerRegistry,
         limits: Limits,
-    ) -> Result<Self> {
-        use crate::handover::HandoverError as H;
-        image.validate(&registry)?;
-        if fds.len() != image.fd_count() {
-            return Err(H::Invalid(format!(
-                "{} fds carried, image has {}",
-                fds.len(),
-                image.fd_count()
-            ))
-            .into());
-        }
+    ) -> Result<Self, HandoverFailure> {
+        let keys = match Self::check_handover(image, &fds, &registry) {
+            Ok(keys) => keys,
+            Err(error) => return Err(HandoverFailure { error, fds }),
+        };
         let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         let mut o = Orchestrator::new(registry, limits);
         o.state = State::Updated;
@@ -715,6 +711,7 @@ impl Orchestrator {
         // Ids never repeat across epochs, so a handle of the previous epoch can
         // never name a session of this one: it is stale (SPEC §5, §7 step 4).
         o.next_id = (image.epoch << 32) | 1;
+        let mut keys = keys.into_iter();
         for si in &image.sessions {
             let id = SessionId(o.next_id);
             o.next_id += 1;
@@ -722,31 +719,16 @@ impl Orchestrator {
             s.state = State::Updated;
             s.incoming = true;
             for fi in &si.files {
-                let fd = slots
-                    .get_mut(fi.fd_index as usize)
-                    .and_then(Option::take)
-                    .ok_or_else(|| H::Invalid(format!("fd index {} reused", fi.fd_index)))?;
-                let handler = o
-                    .registry
-                    .by_compatible(&fi.compatible)
-                    .expect("validated")
-                    .clone();
-                handler
-                    .deserialize(Some(fd.as_fd()), &fi.data)
-                    .map_err(|e| {
-                        H::Invalid(format!(
-                            "{} rejects token {:#x}: {e}",
-                            fi.compatible, fi.token
-                        ))
-                    })?;
-                let key = FileKey::of(fd.as_fd()).map_err(Error::Os)?;
-                if o.preserved.insert(key, (id, fi.token)).is_some() {
-                    return Err(H::Invalid(format!(
-                        "token {:#x} is a file carried twice",
-                        fi.token
-                    ))
-                    .into());
-                }
+                // check_handover proved every index valid and unique, every
+                // handler registered, and one key per file.
+                let (Some(fd), Some(handler), Some(key)) = (
+                    slots.get_mut(fi.fd_index as usize).and_then(Option::take),
+                    o.registry.by_compatible(&fi.compatible).cloned(),
+                    keys.next(),
+                ) else {
+                    unreachable!("checked by check_handover");
+                };
+                o.preserved.insert(key, (id, fi.token));
                 s.files.push(PreservedFile {
                     token: fi.token,
                     handler,
@@ -760,6 +742,72 @@ impl Orchestrator {
             o.sessions.insert(id, s);
         }
         Ok(o)
+    }
+
+    /// Everything [`from_handover`](Self::from_handover) needs to hold, checked
+    /// with borrowed fds; the file keys in image order.
+    fn check_handover(
+        image: &Handover,
+        fds: &[OwnedFd],
+        registry: &HandlerRegistry,
+    ) -> Result<Vec<FileKey>> {
+        use crate::handover::HandoverError as H;
+        if fds.len() != image.fd_count() {
+            let msg = format!("{} fds carried, image has {}", fds.len(), image.fd_count());
+            return Err(H::Invalid(msg).into());
+        }
+        let mut used = vec![false; fds.len()];
+        let mut seen = HashSet::with_capacity(fds.len());
+        let mut keys = Vec::with_capacity(fds.len());
+        for fi in image.sessions.iter().flat_map(|s| &s.files) {
+            let slot = fi.fd_index as usize;
+            if used.get(slot) != Some(&false) {
+                return Err(H::Invalid(format!("fd index {slot} out of range or reused")).into());
+            }
+            used[slot] = true;
+            let fd = fds[slot].as_fd();
+            let handler = registry.by_compatible(&fi.compatible).ok_or_else(|| {
+                H::Invalid(format!(
+                    "no handler {:?} for token {:#x}",
+                    fi.compatible, fi.token
+                ))
+            })?;
+            handler.deserialize(Some(fd), &fi.data).map_err(|e| {
+                H::Invalid(format!(
+                    "{} rejects token {:#x}: {e}",
+                    fi.compatible, fi.token
+                ))
+            })?;
+            let key = FileKey::of(fd).map_err(Error::Os)?;
+            if !seen.insert(key) {
+                return Err(
+                    H::Invalid(format!("token {:#x} is a file carried twice", fi.token)).into(),
+                );
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+}
+
+/// A refused handover, with the fds it was given: nothing was built, nothing closed.
+#[derive(Debug)]
+pub struct HandoverFailure {
+    /// Why.
+    pub error: Error,
+    /// The fds, as they were passed in.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl std::fmt::Display for HandoverFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for HandoverFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }
 

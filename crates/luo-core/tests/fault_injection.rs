@@ -226,14 +226,17 @@ fn handover_failure_builds_nothing() {
             .map(|fd| fd.try_clone_to_owned().expect("dup"))
             .collect();
         fds.pop(); // one fd short
-        let err = Orchestrator::from_handover(&image, fds, o.registry().clone(), o.limits())
+        let with = fd_set();
+        let failure = Orchestrator::from_handover(&image, fds, o.registry().clone(), o.limits())
             .expect_err("fd count mismatch");
-        assert_eq!(err.errno(), Errno::IO);
+        assert_eq!(failure.error.errno(), Errno::IO);
+        assert_eq!(failure.fds.len(), FILES - 1, "every fd is handed back");
+        assert_eq!(fd_set(), with, "nothing was closed");
     }
     assert_eq!(
         fd_set(),
         before,
-        "the fds handed to a failed rebuild are closed"
+        "the handed-back fds close with their owner"
     );
 }
 

@@ -92,6 +92,16 @@ impl Luod {
             .count()
     }
 
+    /// The daemon's fds when it holds no handle of ours. Counted while a control
+    /// connection it has answered is open, minus that connection: the daemon
+    /// serves its handles in the order their events arrive, so every close the
+    /// caller did before (and start-up's readiness socket) has been processed.
+    pub fn idle_fd_count(&self) -> usize {
+        let mut conn = self.control_conn();
+        assert!(conn.call(&ControlRequest::Status).ok, "status");
+        self.fd_count() - 1
+    }
+
     /// A control connection.
     pub fn control_conn(&self) -> ControlConn {
         let s = UnixStream::connect(&self.control).expect("connect control");

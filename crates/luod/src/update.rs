@@ -549,8 +549,8 @@ fn read_image(fd: BorrowedFd<'_>) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Decode and check an image as this build would load it.
-fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
+/// Decode an image as this build reads it (structure only).
+fn decode(bytes: &[u8]) -> Result<Handover, String> {
     if let Ok(only) = std::env::var(ONLY_FORMAT_ENV) {
         let found = bytes
             .get(8..40)
@@ -562,7 +562,12 @@ fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
             ));
         }
     }
-    let image = Handover::decode(bytes).map_err(|e| format!("Bad handover image: {e}"))?;
+    Handover::decode(bytes).map_err(|e| format!("Bad handover image: {e}"))
+}
+
+/// Decode and check an image as this build would load it.
+fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
+    let image = decode(bytes)?;
     image
         .validate(registry)
         .map_err(|e| format!("Bad handover image: {e}"))?;
@@ -589,20 +594,23 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = rustix::stdio::dup2_stdin(&null);
     }
+    let mut t = t;
     let loaded = read_image(t.image_fd.as_fd()).and_then(|bytes| {
         if std::env::var_os(FAIL_RESUME_ENV).is_some() {
             return Err(format!("{FAIL_RESUME_ENV} is set"));
         }
-        let image = load(&bytes, &registry)?;
-        let files: Vec<OwnedFd> = t
-            .files
-            .iter()
-            .map(|f| f.try_clone())
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let orch = Orchestrator::from_handover(&image, files, registry.clone(), limits)
-            .map_err(|e| chain(&e))?;
-        Ok((image, orch))
+        // Decoding checks the structure; from_handover checks every file
+        // against its handler and its fd, once.
+        let image = decode(&bytes)?;
+        let files = std::mem::take(&mut t.files);
+        match Orchestrator::from_handover(&image, files, registry.clone(), limits) {
+            Ok(orch) => Ok((image, orch)),
+            Err(failure) => {
+                // The fds come back untouched: the rollback carries them on.
+                t.files = failure.fds;
+                Err(chain(&failure.error))
+            }
+        }
     });
     match loaded {
         Ok((image, orch)) => {

@@ -86,7 +86,7 @@ fn random_frames_are_all_answered_and_leak_nothing() {
     let d = Luod::start_with(&["--shared-device"], &[]);
     drop(d.device());
     let _ = d.status();
-    let baseline = d.fd_count();
+    let baseline = d.idle_fd_count();
     let dev = d.device();
     let session = luo::Device::open_at(&d.socket)
         .expect("open")
@@ -111,5 +111,5 @@ fn random_frames_are_all_answered_and_leak_nothing() {
     drop((dev, session));
     let good = luo::Device::open_at(&d.socket).expect("a well-behaved client is served");
     drop(good);
-    d.wait_fd_count(baseline);
+    assert_eq!(d.idle_fd_count(), baseline);
 }

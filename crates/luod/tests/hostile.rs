@@ -56,7 +56,7 @@ fn every_malformed_request_gets_its_errno_and_leaves_no_trace() {
     // Warm up lazily allocated daemon state before taking the baseline.
     drop(d.device());
     let _ = d.status();
-    let baseline = d.fd_count();
+    let baseline = d.idle_fd_count();
     let mut cases: Vec<&'static str> = Vec::new();
     let mut check = |what: &'static str, got: Result<(), Errno>, want: Result<(), Errno>| {
         assert_eq!(got, want, "{what}");
@@ -427,9 +427,8 @@ fn every_malformed_request_gets_its_errno_and_leaves_no_trace() {
     );
     assert_eq!(r.result, Ok(()));
     drop(good);
-    let _ = d.status();
     assert_eq!(
-        d.fd_count(),
+        d.idle_fd_count(),
         baseline,
         "the daemon's fd count is back to its baseline"
     );

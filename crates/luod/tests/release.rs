@@ -53,19 +53,10 @@ impl Drop for Sleeper {
     }
 }
 
-/// The daemon's fds when it holds no handle. Counted while a control connection
-/// it has served is open (so start-up, which opens and closes the readiness
-/// socket, is over), minus that connection.
-fn idle_fd_count(d: &Luod) -> usize {
-    let mut conn = d.control_conn();
-    assert!(conn.call(&ControlRequest::Status).ok);
-    d.fd_count() - 1
-}
-
 #[test]
 fn a_session_handle_held_by_a_child_process_lives_until_the_child_exits() {
     let d = Luod::start();
-    let baseline = idle_fd_count(&d);
+    let baseline = d.idle_fd_count();
     let device = d.luo();
     let session = device.create_session("shared").expect("create");
     let memory = memfd("shared", b"kept by the child's handle");
