@@ -132,6 +132,11 @@ pub(crate) struct Resumed {
     pub(crate) report: PendingReport,
 }
 
+/// Milliseconds since a [`now_ns`] timestamp, for the logs of each phase.
+fn ms_since(start_ns: u64) -> f64 {
+    now_ns().saturating_sub(start_ns) as f64 / 1e6
+}
+
 fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (t.tv_sec as u64)
@@ -207,7 +212,8 @@ fn hand_over(
         sessions = image.sessions.len(),
         files = files.len(),
         bytes = bytes.len(),
-        "live update: dry run of {}",
+        since_ms = ms_since(started_ns),
+        "live update: frozen and serialized; dry run of {}",
         target.display()
     );
     let prefix: &[OsString] = if target == previous {
@@ -269,7 +275,7 @@ fn hand_over(
     })?;
     let mut args = prefix.to_vec();
     args.extend(resume_args(&d.cfg));
-    tracing::info!(exe = %target.display(), "live update: exec");
+    tracing::info!(exe = %target.display(), since_ms = ms_since(started_ns), "live update: queued; exec");
     let err = exec(target, &args, stdin, &[]);
     Err(failed(
         Errno::from_io_error(&err).unwrap_or(Errno::NOEXEC),
@@ -590,6 +596,11 @@ pub fn check_handover() -> Result<Handover, String> {
 /// returns only if that fails too).
 pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resumed, ResumeError> {
     let t = read_transfer().map_err(ResumeError::Transfer)?;
+    tracing::info!(
+        files = t.files.len(),
+        since_ms = ms_since(t.header.started_ns),
+        "resume: transfer received"
+    );
     // Standard input was the transfer; from now on it is nothing.
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = rustix::stdio::dup2_stdin(&null);
@@ -618,6 +629,7 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
                 epoch = orch.epoch(),
                 sessions = image.sessions.len(),
                 files = image.fd_count(),
+                since_ms = ms_since(t.header.started_ns),
                 "resumed from handover"
             );
             Ok(Resumed {

@@ -157,15 +157,11 @@ impl FileHandler for MemfdHandler {
     fn deserialize(&self, fd: Option<BorrowedFd<'_>>, data: &[u8]) -> Result<(), Errno> {
         decode::<MemfdData>(COMPATIBLE, data)?;
         if let Some(fd) = fd {
-            // The fd came from the previous epoch's own list, so a cheap check
+            // The fd came from the previous epoch's own list, so one cheap check
             // of its kind is enough; a /proc lookup per file would dominate the
             // update's blackout with 100k files.
-            let stat = rustix::fs::fstat(fd).map_err(|_| Errno::INVAL)?;
-            if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
-                || rustix::fs::fcntl_get_seals(fd).is_err()
-            {
-                return Err(Errno::INVAL);
-            }
+            // F_GET_SEALS answers only for shmem and hugetlbfs files.
+            rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::INVAL)?;
         }
         Ok(())
     }
