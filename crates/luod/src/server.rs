@@ -32,8 +32,11 @@ pub(crate) const TOKEN_DEVICE: u64 = 0;
 pub(crate) const TOKEN_CONTROL: u64 = 1;
 pub(crate) const TOKEN_SIGNALS: u64 = 2;
 const FIRST_CONN: u64 = 16;
-/// Requests served from one handle before the loop looks at the others.
-const BURST: usize = 64;
+/// Requests served from one handle per wakeup. One: a client waits for each
+/// reply, so a second receive would almost always find nothing and cost a
+/// system call per request; with level-triggered epoll, anything still queued
+/// wakes the loop again.
+const BURST: usize = 1;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
