@@ -83,19 +83,26 @@ fn anon_inode() -> Option<(u64, u64)> {
 /// The `*-id:` line of the fd's fdinfo, or a fresh number no other file gets.
 fn anon_instance(fd: BorrowedFd<'_>) -> u64 {
     static UNIQUE: AtomicU64 = AtomicU64::new(1 << 63);
+    fdinfo_id(fd).map_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed), |id| id + 1)
+}
+
+/// The id an fdinfo reports (`eventfd-id: 3`), read with one open and one read:
+/// this runs on every PRESERVE_FD of an eventfd.
+fn fdinfo_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
     let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| {
-                    l.split_once("-id:")
-                        .map(|(_, v)| v.trim().parse::<u64>().ok())
-                })
-                .flatten()
-        })
-        .map(|id| id + 1)
-        .unwrap_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed))
+    let info = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut buf = [0u8; 512];
+    let n = rustix::io::read(&info, &mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.lines()
+        .find_map(|l| l.split_once("-id:"))
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 /// One kind of preservable file. See the module docs for the call order.

@@ -284,14 +284,25 @@ struct Datagram {
 
 /// `Ok(None)` at end of file.
 fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
-    let mut bytes = vec![0u8; MAX_FRAME + 1];
+    // One receive buffer per thread: a fresh zeroed 4 KiB per request was a
+    // measurable share of the daemon's time and of its heap fragmentation.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_FRAME + 1]);
+    }
+    BUFFER.with(|b| recv_datagram_into(sock, &mut b.borrow_mut()))
+}
+
+fn recv_datagram_into(
+    sock: BorrowedFd<'_>,
+    bytes: &mut [u8],
+) -> Result<Option<Datagram>, RecvError> {
     let mut space = [MaybeUninit::<u8>::uninit();
         rustix::cmsg_space!(ScmRights(MAX_FDS_RECEIVED), ScmCredentials(1))];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = match recvmsg(
             sock,
-            &mut [IoSliceMut::new(&mut bytes)],
+            &mut [IoSliceMut::new(bytes)],
             &mut control,
             // TRUNC makes the kernel report the datagram's true length.
             RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
@@ -325,7 +336,7 @@ fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
         } else {
             Ok(fds.pop())
         };
-        bytes.truncate(msg.bytes.min(MAX_FRAME + 1));
+        let bytes = bytes[..msg.bytes.min(MAX_FRAME + 1)].to_vec();
         return Ok(Some(Datagram { bytes, fd, creds }));
     }
 }
