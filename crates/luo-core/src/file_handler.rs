@@ -19,6 +19,7 @@
 //! link) and never do anything that could block on a client's fd: no read of a
 //! FUSE file, no open of a FIFO.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -47,13 +48,13 @@ pub struct FileKey {
 }
 
 impl FileKey {
-    /// The key of `fd`, whose fstat is `st`.
+    /// The key of a file already looked at.
     #[must_use]
-    pub fn of_file(fd: BorrowedFd<'_>, st: &Stat) -> Self {
+    pub fn of_info(file: &FileInfo<'_>) -> Self {
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        let (dev, ino) = (file.stat.st_dev as u64, file.stat.st_ino as u64);
         let instance = if anon_inode() == Some((dev, ino)) {
-            anon_instance(fd)
+            anon_instance(file)
         } else {
             0
         };
@@ -65,7 +66,7 @@ impl FileKey {
     /// # Errors
     /// The errno of `fstat`.
     pub fn of(fd: BorrowedFd<'_>) -> Result<Self, Errno> {
-        Ok(Self::of_file(fd, &rustix::fs::fstat(fd)?))
+        Ok(Self::of_info(&FileInfo::new(fd)?))
     }
 }
 
@@ -80,29 +81,88 @@ fn anon_inode() -> Option<(u64, u64)> {
     })
 }
 
-/// The `*-id:` line of the fd's fdinfo, or a fresh number no other file gets.
-fn anon_instance(fd: BorrowedFd<'_>) -> u64 {
+/// The `*-id:` line of the file's fdinfo, or a fresh number no other file gets.
+fn anon_instance(file: &FileInfo<'_>) -> u64 {
     static UNIQUE: AtomicU64 = AtomicU64::new(1 << 63);
-    fdinfo_id(fd).map_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed), |id| id + 1)
+    file.fdinfo()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.split_once("-id:"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        })
+        .map_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed), |id| id + 1)
 }
 
-/// The id an fdinfo reports (`eventfd-id: 3`), read with one open and one read:
-/// this runs on every PRESERVE_FD of an eventfd.
-fn fdinfo_id(fd: BorrowedFd<'_>) -> Option<u64> {
-    use rustix::fs::{Mode, OFlags};
-    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    let info = rustix::fs::open(
-        path.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let mut buf = [0u8; 512];
-    let n = rustix::io::read(&info, &mut buf).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    text.lines()
-        .find_map(|l| l.split_once("-id:"))
-        .and_then(|(_, v)| v.trim().parse().ok())
+/// A file a client offers for preservation, looked at once: its fstat, and
+/// (on first use, then cached) its `/proc/self/fd` link and its fdinfo. Every
+/// handler's check and the file's [`FileKey`] share these, so a PRESERVE_FD
+/// costs each lookup at most once, whichever handlers are asked.
+#[derive(Debug)]
+pub struct FileInfo<'a> {
+    fd: BorrowedFd<'a>,
+    stat: Stat,
+    link: OnceCell<Option<String>>,
+    fdinfo: OnceCell<Option<String>>,
+}
+
+impl<'a> FileInfo<'a> {
+    /// Look at `fd` (one fstat).
+    ///
+    /// # Errors
+    /// The errno of `fstat`.
+    pub fn new(fd: BorrowedFd<'a>) -> Result<Self, Errno> {
+        Ok(FileInfo {
+            fd,
+            stat: rustix::fs::fstat(fd)?,
+            link: OnceCell::new(),
+            fdinfo: OnceCell::new(),
+        })
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'a> {
+        self.fd
+    }
+
+    /// Its fstat.
+    #[must_use]
+    pub fn stat(&self) -> &Stat {
+        &self.stat
+    }
+
+    /// Its `/proc/self/fd` link ("/memfd:ram (deleted)", "anon_inode:[eventfd]"),
+    /// `None` without `/proc`.
+    #[must_use]
+    pub fn link(&self) -> Option<&str> {
+        self.link
+            .get_or_init(|| {
+                let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+                let link = rustix::fs::readlinkat(rustix::fs::CWD, path, Vec::new()).ok()?;
+                Some(String::from_utf8_lossy(link.as_bytes()).into_owned())
+            })
+            .as_deref()
+    }
+
+    /// Its `/proc/self/fdinfo` text, read with one open and one read.
+    #[must_use]
+    pub fn fdinfo(&self) -> Option<&str> {
+        self.fdinfo
+            .get_or_init(|| {
+                use rustix::fs::{Mode, OFlags};
+                let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
+                let info = rustix::fs::open(
+                    path.as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()?;
+                let mut buf = [0u8; 1024];
+                let n = rustix::io::read(&info, &mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .as_deref()
+    }
 }
 
 /// One kind of preservable file. See the module docs for the call order.
@@ -114,14 +174,15 @@ pub trait FileHandler: fmt::Debug + Send + Sync {
     /// The versioned name of this handler and of its `data` format.
     fn compatible(&self) -> &'static str;
 
-    /// Whether this handler takes `fd`, whose fstat is `stat`. Must not block.
-    fn can_preserve(&self, fd: BorrowedFd<'_>, stat: &Stat) -> bool;
+    /// Whether this handler takes `file`. Must not block; uses what `file` has
+    /// looked at (fstat, link, fdinfo) rather than asking the kernel again.
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool;
 
     /// Start preserving `fd`: return the handler's initial per-file data.
     ///
     /// # Errors
     /// Any errno; the file is then not preserved.
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno>;
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno>;
 
     /// Undo [`preserve`](Self::preserve).
     fn unpreserve(&self, _fd: BorrowedFd<'_>, _data: &[u8]) {}
@@ -204,10 +265,10 @@ impl HandlerRegistry {
         Ok(())
     }
 
-    /// The first handler that takes `fd`.
+    /// The first handler that takes `file`.
     #[must_use]
-    pub fn find(&self, fd: BorrowedFd<'_>, stat: &Stat) -> Option<&Arc<dyn FileHandler>> {
-        self.handlers.iter().find(|h| h.can_preserve(fd, stat))
+    pub fn find(&self, file: &FileInfo<'_>) -> Option<&Arc<dyn FileHandler>> {
+        self.handlers.iter().find(|h| h.can_preserve(file))
     }
 
     /// The handler registered under `compatible`.

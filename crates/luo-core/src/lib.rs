@@ -22,7 +22,7 @@ pub mod preserved_file;
 pub mod session;
 
 pub use error::{Error, Result};
-pub use file_handler::{FileHandler, FileKey, HandlerRegistry};
+pub use file_handler::{FileHandler, FileInfo, FileKey, HandlerRegistry};
 pub use handover::{Handover, HandoverError};
 pub use luo_uapi::rfc_v4::{Event, State};
 pub use orchestrator::{Caller, HandoverFailure, Limits, Orchestrator, UpdateFreeze};

@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use luo_uapi::rfc_v4::{Event, State};
 
 use crate::error::{Error, Result};
-use crate::file_handler::{FileKey, HandlerRegistry};
+use crate::file_handler::{FileInfo, FileKey, HandlerRegistry};
 use crate::handover::{FileImage, Handover, SessionImage};
 use crate::preserved_file::PreservedFile;
 use crate::session::{self, Session, SessionId, Transition};
@@ -464,12 +464,14 @@ impl Orchestrator {
             return Err(self.busy(s, "preserve"));
         }
         let fd = fd.ok_or(Error::NoFd)?;
-        let stat = rustix::fs::fstat(&fd).map_err(Error::Os)?;
-        let key = FileKey::of_file(fd.as_fd(), &stat);
-        let handler = match self.registry.find(fd.as_fd(), &stat) {
-            Some(h) if !self.reserved.contains(&key) => h.clone(),
-            _ => return Err(Error::Unsupported(describe_kind(&stat))),
+        let info = FileInfo::new(fd.as_fd()).map_err(Error::Os)?;
+        let Some(handler) = self.registry.find(&info).cloned() else {
+            return Err(Error::Unsupported(describe_kind(info.stat())));
         };
+        let key = FileKey::of_info(&info);
+        if self.reserved.contains(&key) {
+            return Err(Error::Unsupported(describe_kind(info.stat())));
+        }
         if s.file_index(token).is_some() {
             return Err(Error::TokenExists(token));
         }
@@ -490,14 +492,13 @@ impl Orchestrator {
         if self.preserved.len() >= self.limits.files_total {
             return Err(Error::Limit("preserved files"));
         }
-        let data = handler
-            .preserve(fd.as_fd())
-            .map_err(|source| Error::Handler {
-                compatible: handler.compatible().to_owned(),
-                op: "preserve",
-                token,
-                source,
-            })?;
+        let data = handler.preserve(&info).map_err(|source| Error::Handler {
+            compatible: handler.compatible().to_owned(),
+            op: "preserve",
+            token,
+            source,
+        })?;
+        drop(info);
         let file = PreservedFile {
             token,
             handler,

@@ -19,10 +19,9 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_uapi::Errno;
-use rustix::fs::Stat;
 
 use super::{decode, dup, encode, fd_link, is_open_file};
-use crate::file_handler::FileHandler;
+use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "eventfd-v1";
 
@@ -60,6 +59,14 @@ impl Kind {
         Kind::from_link(&fd_link(fd).ok()?)
     }
 
+    /// [`Kind::of`] a file already looked at.
+    fn of_info(file: &FileInfo<'_>) -> Option<Self> {
+        if !is_open_file(file.fd()) {
+            return None;
+        }
+        Kind::from_link(file.link()?)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Kind::Eventfd => "eventfd",
@@ -81,12 +88,12 @@ impl FileHandler for EventfdHandler {
         COMPATIBLE
     }
 
-    fn can_preserve(&self, fd: BorrowedFd<'_>, _stat: &Stat) -> bool {
-        Kind::of(fd).is_some()
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
+        Kind::of_info(file).is_some()
     }
 
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
-        let kind = Kind::of(fd).ok_or(Errno::INVAL)?;
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
+        let kind = Kind::of_info(file).ok_or(Errno::INVAL)?;
         encode(COMPATIBLE, &EventfdData { kind })
     }
 
@@ -202,8 +209,8 @@ mod tests {
     fn epoll_is_refused() {
         let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
             .expect("epoll");
-        let st = rustix::fs::fstat(&epoll).expect("fstat");
-        assert!(!EventfdHandler.can_preserve(epoll.as_fd(), &st));
+        let st = crate::FileInfo::new(std::os::fd::AsFd::as_fd(&epoll)).expect("fstat");
+        assert!(!EventfdHandler.can_preserve(&st));
     }
 
     #[test]

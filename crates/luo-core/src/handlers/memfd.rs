@@ -31,7 +31,7 @@ use luo_uapi::Errno;
 use rustix::fs::{FileType, SeekFrom, Stat};
 
 use super::{decode, dup, encode, fd_link, is_open_file};
-use crate::file_handler::FileHandler;
+use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "memfd-v1";
 
@@ -59,17 +59,21 @@ struct MemfdData {
     frozen_size: Option<u64>,
 }
 
-/// The memfd name of `fd`, or `None` when `fd` is not a memfd.
-fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
-    let link = fd_link(fd).ok()?;
+/// The memfd name in a `/proc/self/fd` link, or `None` if it is not a memfd's.
+fn name_in_link(link: &str) -> Option<String> {
     let name = link.strip_prefix(LINK_PREFIX)?;
     Some(name.strip_suffix(DELETED_SUFFIX).unwrap_or(name).to_owned())
 }
 
-fn is_memfd(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-        && is_open_file(fd)
-        && memfd_name(fd).is_some()
+/// The memfd name of `fd`, or `None` when `fd` is not a memfd.
+fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
+    name_in_link(&fd_link(fd).ok()?)
+}
+
+fn is_memfd(file: &FileInfo<'_>) -> bool {
+    FileType::from_raw_mode(file.stat().st_mode) == FileType::RegularFile
+        && is_open_file(file.fd())
+        && file.link().and_then(name_in_link).is_some()
 }
 
 fn size_of(stat: &Stat) -> Result<u64, Errno> {
@@ -77,13 +81,12 @@ fn size_of(stat: &Stat) -> Result<u64, Errno> {
 }
 
 /// The current state of the memfd `fd`, not frozen.
-fn record(fd: BorrowedFd<'_>) -> Result<MemfdData, Errno> {
-    let stat = rustix::fs::fstat(fd)?;
-    if !is_memfd(fd, &stat) {
+fn record(file: &FileInfo<'_>) -> Result<MemfdData, Errno> {
+    if !is_memfd(file) {
         return Err(Errno::INVAL);
     }
-    let name = memfd_name(fd).ok_or(Errno::INVAL)?;
-    snapshot(fd, name)
+    let name = file.link().and_then(name_in_link).ok_or(Errno::INVAL)?;
+    snapshot(file.fd(), name)
 }
 
 /// Size, seals and offset of a file already known to be a memfd named `name`:
@@ -126,12 +129,12 @@ impl FileHandler for MemfdHandler {
         COMPATIBLE
     }
 
-    fn can_preserve(&self, fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-        is_memfd(fd, stat)
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
+        is_memfd(file)
     }
 
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
-        encode(COMPATIBLE, &record(fd)?)
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
+        encode(COMPATIBLE, &record(file)?)
     }
 
     fn prepare(&self, fd: BorrowedFd<'_>, data: &mut Vec<u8>) -> Result<(), Errno> {
@@ -168,10 +171,10 @@ impl FileHandler for MemfdHandler {
 
     fn retrieve(&self, fd: BorrowedFd<'_>, data: &[u8]) -> Result<OwnedFd, Errno> {
         let recorded: MemfdData = decode(COMPATIBLE, data)?;
+        // The daemon's own reference, checked to be a memfd at preserve: one
+        // cheap check that it is still shmem is enough.
+        rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::INVAL)?;
         let stat = rustix::fs::fstat(fd)?;
-        if !is_memfd(fd, &stat) {
-            return Err(Errno::INVAL);
-        }
         if let Some(frozen) = recorded.frozen_size {
             if size_of(&stat)? != frozen {
                 return Err(Errno::IO);
@@ -335,7 +338,9 @@ mod tests {
     fn name_with_spaces_and_deleted_looking_suffix() {
         let fd =
             rustix::fs::memfd_create("vm 1 (deleted)", MemfdFlags::CLOEXEC).expect("memfd_create");
-        let data = MemfdHandler.preserve(fd.as_fd()).expect("preserve");
+        let data = MemfdHandler
+            .preserve(&crate::FileInfo::new(fd.as_fd()).expect("info"))
+            .expect("preserve");
         assert_eq!(decoded(&data).name, "vm 1 (deleted)");
     }
 
@@ -343,7 +348,9 @@ mod tests {
     fn describe_names_and_sizes() {
         let fd = rustix::fs::memfd_create("guest-ram", MemfdFlags::CLOEXEC).expect("memfd_create");
         rustix::fs::ftruncate(&fd, 64 << 20).expect("truncate");
-        let data = MemfdHandler.preserve(fd.as_fd()).expect("preserve");
+        let data = MemfdHandler
+            .preserve(&crate::FileInfo::new(fd.as_fd()).expect("info"))
+            .expect("preserve");
         assert_eq!(
             MemfdHandler.describe(fd.as_fd(), &data),
             "memfd \"guest-ram\" 64 MiB"
@@ -367,7 +374,9 @@ mod tests {
     #[test]
     fn deserialize_checks_data_and_fd() {
         let fd = guest_ram();
-        let data = MemfdHandler.preserve(fd.as_fd()).expect("preserve");
+        let data = MemfdHandler
+            .preserve(&crate::FileInfo::new(fd.as_fd()).expect("info"))
+            .expect("preserve");
         assert_eq!(MemfdHandler.deserialize(Some(fd.as_fd()), &data), Ok(()));
         assert_eq!(
             MemfdHandler.deserialize(None, b"\x01\x02\x03"),

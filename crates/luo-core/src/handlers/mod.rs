@@ -94,9 +94,11 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(compatible: &str, data: &'a [u8]) -
 /// before a live update, and return the frozen data.
 #[cfg(test)]
 pub(crate) fn preserve_and_freeze(h: &dyn FileHandler, fd: BorrowedFd<'_>) -> Vec<u8> {
-    let st = rustix::fs::fstat(fd).expect("fstat");
-    assert!(h.can_preserve(fd, &st), "{} refuses the fd", h.compatible());
-    let mut data = h.preserve(fd).expect("preserve");
+    let st = crate::FileInfo::new(fd).expect("fstat");
+    assert!(h.can_preserve(&st), "{} refuses the fd", h.compatible());
+    let mut data = h
+        .preserve(&crate::FileInfo::new(fd).expect("info"))
+        .expect("preserve");
     h.prepare(fd, &mut data).expect("prepare");
     h.freeze(fd, &mut data).expect("freeze");
     h.deserialize(Some(fd), &data)
@@ -117,11 +119,11 @@ mod tests {
     use crate::file_handler::HandlerRegistry;
 
     fn refused_by_all(fd: BorrowedFd<'_>, what: &str) {
-        let st = rustix::fs::fstat(fd).expect("fstat");
+        let st = crate::FileInfo::new(fd).expect("fstat");
         for h in builtin() {
-            assert!(!h.can_preserve(fd, &st), "{} takes {what}", h.compatible());
+            assert!(!h.can_preserve(&st), "{} takes {what}", h.compatible());
         }
-        assert!(HandlerRegistry::with_builtin().find(fd, &st).is_none());
+        assert!(HandlerRegistry::with_builtin().find(&st).is_none());
     }
 
     /// A file on disk, removed on drop, under a name no other test run uses.
@@ -196,17 +198,13 @@ mod tests {
     #[test]
     fn memfd_refused_by_the_others_and_eventfd_by_memfd() {
         let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
-        let st = rustix::fs::fstat(&memfd).expect("fstat");
+        let st = crate::FileInfo::new(std::os::fd::AsFd::as_fd(&memfd)).expect("fstat");
         for h in builtin().iter().filter(|h| h.compatible() != "memfd-v1") {
-            assert!(
-                !h.can_preserve(memfd.as_fd(), &st),
-                "{} takes a memfd",
-                h.compatible()
-            );
+            assert!(!h.can_preserve(&st), "{} takes a memfd", h.compatible());
         }
         let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
-        let st = rustix::fs::fstat(&efd).expect("fstat");
-        assert!(!memfd::MemfdHandler.can_preserve(efd.as_fd(), &st));
+        let st = crate::FileInfo::new(std::os::fd::AsFd::as_fd(&efd)).expect("fstat");
+        assert!(!memfd::MemfdHandler.can_preserve(&st));
     }
 
     #[test]
@@ -226,7 +224,10 @@ mod tests {
         let datas: Vec<Vec<u8>> = handlers
             .iter()
             .zip(fds)
-            .map(|(h, fd)| h.preserve(fd).expect("preserve"))
+            .map(|(h, fd)| {
+                h.preserve(&crate::FileInfo::new(fd).expect("info"))
+                    .expect("preserve")
+            })
             .collect();
         for (i, h) in handlers.iter().enumerate() {
             for (j, data) in datas.iter().enumerate() {

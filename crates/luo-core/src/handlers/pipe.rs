@@ -20,7 +20,7 @@ use luo_uapi::Errno;
 use rustix::fs::{FileType, OFlags, Stat};
 
 use super::{decode, dup, encode, fd_link, is_open_file};
-use crate::file_handler::FileHandler;
+use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "pipe-v1";
 
@@ -79,11 +79,12 @@ impl FileHandler for PipeHandler {
         COMPATIBLE
     }
 
-    fn can_preserve(&self, fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-        is_pipe(fd, stat)
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
+        is_pipe(file.fd(), file.stat())
     }
 
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
+        let fd = file.fd();
         encode(
             COMPATIBLE,
             &PipeData {
@@ -191,7 +192,9 @@ mod tests {
     #[test]
     fn deserialize_checks_the_direction() {
         let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).expect("pipe");
-        let rdata = PipeHandler.preserve(r.as_fd()).expect("preserve");
+        let rdata = PipeHandler
+            .preserve(&crate::FileInfo::new(r.as_fd()).expect("info"))
+            .expect("preserve");
         assert_eq!(PipeHandler.deserialize(Some(r.as_fd()), &rdata), Ok(()));
         assert_eq!(
             PipeHandler.deserialize(Some(w.as_fd()), &rdata),

@@ -22,7 +22,7 @@ use rustix::fs::{FileType, Stat};
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketType, sockopt};
 
 use super::{decode, dup, encode, is_open_file};
-use crate::file_handler::FileHandler;
+use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "socket-v1";
 
@@ -161,11 +161,12 @@ impl FileHandler for SocketHandler {
         COMPATIBLE
     }
 
-    fn can_preserve(&self, fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-        is_socket(fd, stat)
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
+        is_socket(file.fd(), file.stat())
     }
 
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
+        let fd = file.fd();
         encode(COMPATIBLE, &record(fd)?)
     }
 
@@ -355,7 +356,9 @@ mod tests {
             None,
         )
         .expect("socket");
-        let mut data = SocketHandler.preserve(sock.as_fd()).expect("preserve");
+        let mut data = SocketHandler
+            .preserve(&crate::FileInfo::new(sock.as_fd()).expect("info"))
+            .expect("preserve");
         assert!(
             !decode::<SocketData>(COMPATIBLE, &data)
                 .expect("decode")
@@ -380,7 +383,9 @@ mod tests {
     fn deserialize_checks_domain_and_type() {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let udp_data = SocketHandler.preserve(udp.as_fd()).expect("preserve");
+        let udp_data = SocketHandler
+            .preserve(&crate::FileInfo::new(udp.as_fd()).expect("info"))
+            .expect("preserve");
         assert_eq!(
             SocketHandler.deserialize(Some(udp.as_fd()), &udp_data),
             Ok(())

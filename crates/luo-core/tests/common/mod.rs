@@ -6,10 +6,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use luo_core::{Caller, FileHandler, FileKey, HandlerRegistry, Limits, Orchestrator};
+use luo_core::{Caller, FileHandler, FileInfo, FileKey, HandlerRegistry, Limits, Orchestrator};
 use luo_uapi::Errno;
 use rustix::event::{EventfdFlags, eventfd};
-use rustix::fs::Stat;
 
 /// A callback the recording handler saw: (op, inode of the file).
 pub type Call = (&'static str, u64);
@@ -59,11 +58,11 @@ impl FileHandler for RecordingHandler {
     fn compatible(&self) -> &'static str {
         "test-eventfd-v1"
     }
-    fn can_preserve(&self, fd: BorrowedFd<'_>, _stat: &Stat) -> bool {
-        is_eventfd(fd)
+    fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
+        file.link() == Some("anon_inode:[eventfd]")
     }
-    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
-        self.record("preserve", fd)?;
+    fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
+        self.record("preserve", file.fd())?;
         Ok(b"ok".to_vec())
     }
     fn unpreserve(&self, fd: BorrowedFd<'_>, _data: &[u8]) {
