@@ -144,6 +144,15 @@ impl<'a> FileInfo<'a> {
             .as_deref()
     }
 
+    /// Whether it lives on the kernel's shared anonymous inode (eventfd,
+    /// timerfd, signalfd, epoll...): such files tell their kind in fdinfo.
+    #[must_use]
+    pub fn is_anon_inode(&self) -> bool {
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let key = (self.stat.st_dev as u64, self.stat.st_ino as u64);
+        anon_inode() == Some(key)
+    }
+
     /// Its `/proc/self/fdinfo` text, read with one open and one read.
     #[must_use]
     pub fn fdinfo(&self) -> Option<&str> {

@@ -59,12 +59,28 @@ impl Kind {
         Kind::from_link(&fd_link(fd).ok()?)
     }
 
-    /// [`Kind::of`] a file already looked at.
+    /// [`Kind::of`] a file already looked at. An anonymous-inode file's kind
+    /// comes from its fdinfo, which its [`FileKey`](crate::FileKey) reads anyway,
+    /// saving a readlink per PRESERVE_FD; others (a pidfd on pidfs) from the link.
     fn of_info(file: &FileInfo<'_>) -> Option<Self> {
         if !is_open_file(file.fd()) {
             return None;
         }
+        if file.is_anon_inode() {
+            return Kind::from_fdinfo(file.fdinfo()?);
+        }
         Kind::from_link(file.link()?)
+    }
+
+    /// The kind an fdinfo text describes: each kind has a field of its own.
+    fn from_fdinfo(info: &str) -> Option<Self> {
+        info.lines().find_map(|l| match l.split_once(':')?.0 {
+            "eventfd-count" => Some(Kind::Eventfd),
+            "clockid" => Some(Kind::Timerfd),
+            "sigmask" => Some(Kind::Signalfd),
+            "Pid" => Some(Kind::Pidfd),
+            _ => None,
+        })
     }
 
     fn as_str(self) -> &'static str {
@@ -202,6 +218,27 @@ mod tests {
             EventfdHandler
                 .describe(fd.as_fd(), &data)
                 .contains("timerfd")
+        );
+    }
+
+    #[test]
+    fn fdinfo_and_link_agree_on_every_kind() {
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+        let tfd =
+            timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC).expect("timerfd");
+        for fd in [efd.as_fd(), tfd.as_fd()] {
+            let info = FileInfo::new(fd).expect("info");
+            assert!(info.is_anon_inode());
+            assert_eq!(
+                Kind::from_fdinfo(info.fdinfo().expect("fdinfo")),
+                Kind::of(fd)
+            );
+        }
+        assert_eq!(
+            Kind::from_fdinfo("pos:\t0\nflags:\t02\ntfd: 5 events: 19"),
+            None,
+            "epoll"
         );
     }
 
