@@ -8,20 +8,32 @@ use clap::Parser;
 
 use crate::{Config, Daemon};
 
+/// Structured logs on stderr, filtered by `RUST_LOG` ("debug",
+/// "luod=debug,luo_core=info", ...; default "info"). The `Targets` filter reads
+/// that syntax without the regex engine `EnvFilter` would compile in.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
+}
+
 /// Parse `args` (the first is the program name), set up logging, serve until
 /// SIGTERM. `exec_prefix` are the arguments the running binary needs before the
 /// daemon's own when it re-executes itself (empty for `luod`).
 pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>) -> ExitCode {
     let mut cfg = Config::parse_from(args);
     cfg.exec_prefix = exec_prefix;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    init_logging();
     if cfg.check_handover {
         return match crate::update::check_handover() {
             Ok(image) => {
