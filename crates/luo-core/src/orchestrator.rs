@@ -47,8 +47,35 @@ impl Caller {
     /// The superuser.
     pub const ROOT: Caller = Caller { uid: 0 };
 
-    fn may_use(self, session: &Session) -> bool {
-        self.uid == 0 || self.uid == session.owner
+    /// Root, or the session's owner (SPEC §9).
+    ///
+    /// # Errors
+    /// `EACCES` for anyone else.
+    fn check(self, session: &Session) -> Result<()> {
+        if self.uid == 0 || self.uid == session.owner {
+            return Ok(());
+        }
+        Err(Error::NotOwner {
+            name: session.name.clone(),
+            owner: session.owner,
+            caller: self.uid,
+        })
+    }
+}
+
+/// SPEC §6: files are preserved and unpreserved only while the global state is
+/// NORMAL or UPDATED and the session NORMAL.
+fn files_may_change(global: State, s: &Session) -> bool {
+    matches!(global, State::Normal | State::Updated) && s.state == State::Normal
+}
+
+/// EBUSY for `op` on session `s` in global state `global`.
+fn busy(s: &Session, global: State, op: &'static str) -> Error {
+    Error::SessionBusy {
+        name: s.name.clone(),
+        state: s.state,
+        global,
+        op,
     }
 }
 
@@ -202,23 +229,8 @@ impl Orchestrator {
 
     fn session_for(&mut self, id: SessionId, caller: Caller) -> Result<&mut Session> {
         let s = self.sessions.get_mut(&id).ok_or(Error::StaleHandle(id.0))?;
-        if !caller.may_use(s) {
-            return Err(Error::NotOwner {
-                name: s.name.clone(),
-                owner: s.owner,
-                caller: caller.uid,
-            });
-        }
+        caller.check(s)?;
         Ok(s)
-    }
-
-    fn busy(&self, s: &Session, op: &'static str) -> Error {
-        Error::SessionBusy {
-            name: s.name.clone(),
-            state: s.state,
-            global: self.state,
-            op,
-        }
     }
 
     /// Forget dropped files: remove them from the index, let their handler undo
@@ -366,13 +378,7 @@ impl Orchestrator {
         if !s.incoming && !s.retrieved {
             return Err(Error::NoSuchSession(name.to_owned()));
         }
-        if !caller.may_use(s) {
-            return Err(Error::NotOwner {
-                name: s.name.clone(),
-                owner: s.owner,
-                caller: caller.uid,
-            });
-        }
+        caller.check(s)?;
         if s.retrieved {
             return Err(Error::AlreadyRetrieved(name.to_owned()));
         }
@@ -401,12 +407,7 @@ impl Orchestrator {
         let s = self.session_for(id, caller)?;
         let event = Event::try_from(raw_event).map_err(|_| Error::UnknownEvent(raw_event))?;
         match session::transition(s.state, event) {
-            Transition::Busy => Err(Error::SessionBusy {
-                name: s.name.clone(),
-                state: s.state,
-                global,
-                op: event.name(),
-            }),
+            Transition::Busy => Err(busy(s, global, event.name())),
             Transition::NoOp => Ok(()),
             Transition::Run {
                 event: Event::Prepare,
@@ -453,15 +454,9 @@ impl Orchestrator {
     ) -> Result<()> {
         let global = self.state;
         let s = self.sessions.get(&id).ok_or(Error::StaleHandle(id.0))?;
-        if !caller.may_use(s) {
-            return Err(Error::NotOwner {
-                name: s.name.clone(),
-                owner: s.owner,
-                caller: caller.uid,
-            });
-        }
-        if !matches!(global, State::Normal | State::Updated) || s.state != State::Normal {
-            return Err(self.busy(s, "preserve"));
+        caller.check(s)?;
+        if !files_may_change(global, s) {
+            return Err(busy(s, global, "preserve"));
         }
         let fd = fd.ok_or(Error::NoFd)?;
         let info = FileInfo::new(fd.as_fd()).map_err(Error::Os)?;
@@ -524,13 +519,8 @@ impl Orchestrator {
     pub fn unpreserve_fd(&mut self, id: SessionId, token: u64, caller: Caller) -> Result<()> {
         let global = self.state;
         let s = self.session_for(id, caller)?;
-        if !matches!(global, State::Normal | State::Updated) || s.state != State::Normal {
-            return Err(Error::SessionBusy {
-                name: s.name.clone(),
-                state: s.state,
-                global,
-                op: "unpreserve",
-            });
+        if !files_may_change(global, s) {
+            return Err(busy(s, global, "unpreserve"));
         }
         let idx = s.file_index(token).ok_or(Error::NoSuchToken(token))?;
         let file = s.files.remove(idx);
@@ -548,12 +538,7 @@ impl Orchestrator {
         let global = self.state;
         let s = self.session_for(id, caller)?;
         if global != State::Updated || s.state != State::Updated {
-            return Err(Error::SessionBusy {
-                name: s.name.clone(),
-                state: s.state,
-                global,
-                op: "restore",
-            });
+            return Err(busy(s, global, "restore"));
         }
         let idx = s.file_index(token).ok_or(Error::NoSuchToken(token))?;
         let file = &mut s.files[idx];
