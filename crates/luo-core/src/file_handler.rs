@@ -21,7 +21,7 @@
 
 use std::cell::OnceCell;
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,8 +86,10 @@ fn anon_instance(file: &FileInfo<'_>) -> u64 {
     static UNIQUE: AtomicU64 = AtomicU64::new(1 << 63);
     file.fdinfo()
         .and_then(|info| {
+            // `eventfd-id:`, `inotify-id:`...: one character search per line.
             info.lines()
-                .find_map(|l| l.split_once("-id:"))
+                .filter_map(|l| l.split_once(':'))
+                .find(|(field, _)| field.ends_with("-id"))
                 .and_then(|(_, v)| v.trim().parse::<u64>().ok())
         })
         .map_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed), |id| id + 1)
@@ -101,6 +103,7 @@ fn anon_instance(file: &FileInfo<'_>) -> u64 {
 pub struct FileInfo<'a> {
     fd: BorrowedFd<'a>,
     stat: Stat,
+    open: OnceCell<bool>,
     link: OnceCell<Option<String>>,
     fdinfo: OnceCell<Option<String>>,
 }
@@ -114,6 +117,7 @@ impl<'a> FileInfo<'a> {
         Ok(FileInfo {
             fd,
             stat: rustix::fs::fstat(fd)?,
+            open: OnceCell::new(),
             link: OnceCell::new(),
             fdinfo: OnceCell::new(),
         })
@@ -129,6 +133,14 @@ impl<'a> FileInfo<'a> {
     #[must_use]
     pub fn stat(&self) -> &Stat {
         &self.stat
+    }
+
+    /// Whether it is an open file, not an `O_PATH` reference (one `F_GETFL`).
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        *self
+            .open
+            .get_or_init(|| crate::handlers::is_open_file(self.fd))
     }
 
     /// Its `/proc/self/fd` link ("/memfd:ram (deleted)", "anon_inode:[eventfd]"),
@@ -153,18 +165,21 @@ impl<'a> FileInfo<'a> {
         anon_inode() == Some(key)
     }
 
-    /// Its `/proc/self/fdinfo` text, read with one open and one read.
+    /// Its `/proc/self/fdinfo` text, read with one `openat` (relative to the
+    /// directory [`warm_up`] opened) and one read.
     #[must_use]
     pub fn fdinfo(&self) -> Option<&str> {
         self.fdinfo
             .get_or_init(|| {
                 use rustix::fs::{Mode, OFlags};
-                let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
-                let info = rustix::fs::open(
-                    path.as_str(),
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
+                let name = self.fd.as_raw_fd().to_string();
+                let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+                let info = match fdinfo_dir() {
+                    Some(dir) => rustix::fs::openat(dir, name.as_str(), flags, Mode::empty()),
+                    None => {
+                        rustix::fs::open(format!("/proc/self/fdinfo/{name}"), flags, Mode::empty())
+                    }
+                }
                 .ok()?;
                 let mut buf = [0u8; 1024];
                 let n = rustix::io::read(&info, &mut buf).ok()?;
@@ -172,6 +187,32 @@ impl<'a> FileInfo<'a> {
             })
             .as_deref()
     }
+}
+
+/// Open what looking at files needs once, up front, so that the first
+/// PRESERVE_FD costs no more than the others and the process's fd set does not
+/// change under it: the `/proc/self/fdinfo` directory and the anonymous inode's
+/// identity. [`Orchestrator::new`](crate::Orchestrator::new) calls it.
+pub fn warm_up() {
+    let _ = anon_inode();
+    let _ = fdinfo_dir();
+}
+
+/// `/proc/self/fdinfo` of this process, opened once. A path walk through
+/// `/proc/self` is about half the cost of reading an fdinfo; `openat` relative
+/// to the directory skips it. `/proc/self` named the opener: a forked child
+/// (a different pid) must not use it, and falls back to the path.
+fn fdinfo_dir() -> Option<BorrowedFd<'static>> {
+    use rustix::fs::{Mode, OFlags};
+    static DIR: OnceLock<Option<(rustix::process::Pid, OwnedFd)>> = OnceLock::new();
+    let (pid, dir) = DIR
+        .get_or_init(|| {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let dir = rustix::fs::open("/proc/self/fdinfo", flags, Mode::empty()).ok()?;
+            Some((rustix::process::getpid(), dir))
+        })
+        .as_ref()?;
+    (*pid == rustix::process::getpid()).then(|| dir.as_fd())
 }
 
 /// One kind of preservable file. See the module docs for the call order.

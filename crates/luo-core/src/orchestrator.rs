@@ -163,6 +163,7 @@ impl Orchestrator {
     /// A fresh orchestrator in NORMAL, epoch 0, with no sessions.
     #[must_use]
     pub fn new(registry: HandlerRegistry, limits: Limits) -> Self {
+        crate::file_handler::warm_up();
         Orchestrator {
             state: State::Normal,
             epoch: 0,
@@ -452,6 +453,24 @@ impl Orchestrator {
         fd: Option<OwnedFd>,
         caller: Caller,
     ) -> Result<()> {
+        self.preserve_fd_refusing(id, token, fd, caller, |_| false)
+    }
+
+    /// [`preserve_fd`](Self::preserve_fd), also refusing with `ENOENT` the files
+    /// `own` says are the caller's own handles (the daemon's sockets, say), as
+    /// unsupported. `own` sees the file already looked at, so it can skip
+    /// system calls for files of the wrong type.
+    ///
+    /// # Errors
+    /// As [`preserve_fd`](Self::preserve_fd).
+    pub fn preserve_fd_refusing(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<OwnedFd>,
+        caller: Caller,
+        own: impl FnOnce(&FileInfo<'_>) -> bool,
+    ) -> Result<()> {
         let global = self.state;
         let s = self.sessions.get(&id).ok_or(Error::StaleHandle(id.0))?;
         caller.check(s)?;
@@ -464,7 +483,7 @@ impl Orchestrator {
             return Err(Error::Unsupported(describe_kind(info.stat())));
         };
         let key = FileKey::of_info(&info);
-        if self.reserved.contains(&key) {
+        if self.reserved.contains(&key) || own(&info) {
             return Err(Error::Unsupported(describe_kind(info.stat())));
         }
         if s.file_index(token).is_some() {

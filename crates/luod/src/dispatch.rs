@@ -6,11 +6,13 @@
 //! Errors of the engine become errnos in one place ([`luo_core::Error::errno`]).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
-use luo_core::{Caller, FileKey, SessionId};
+use luo_core::{Caller, FileInfo, FileKey, SessionId};
 use luo_uapi::extensible::{Extensible, reply_bytes};
 use luo_uapi::rfc_v4::{DeviceRequest, SessionRequest, parse_name};
 use luo_wire::{Abi, HELLO_CMD, Hello, Request};
+use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use crate::server::{Conn, Daemon};
@@ -222,12 +224,11 @@ fn session(d: &mut Daemon, id: SessionId, caller: Caller, req: Request) -> Respo
     }
     let result = match request {
         SessionRequest::PreserveFd(s) => {
-            let fd = req.fd;
-            if fd.as_ref().is_some_and(|fd| is_our_socket(d, fd)) {
-                return Response::err(Errno::NOENT);
-            }
+            let (device, control) = (&d.device_path, &d.control_path);
             d.orch
-                .preserve_fd(id, s.token, fd, caller)
+                .preserve_fd_refusing(id, s.token, req.fd, caller, |file| {
+                    is_our_socket(file, [device, control])
+                })
                 .map(|()| Response::ok(&s, size))
         }
         SessionRequest::UnpreserveFd(s) => d
@@ -252,8 +253,11 @@ fn session(d: &mut Daemon, id: SessionId, caller: Caller, req: Request) -> Respo
 
 /// A client's end of its connection to our device or control socket: its peer
 /// address is one of our paths. Such a file is the daemon's own (SPEC §6.1).
-fn is_our_socket(d: &Daemon, fd: &OwnedFd) -> bool {
-    let Ok(Some(addr)) = rustix::net::getpeername(fd) else {
+fn is_our_socket(file: &FileInfo<'_>, ours: [&PathBuf; 2]) -> bool {
+    if FileType::from_raw_mode(file.stat().st_mode) != FileType::Socket {
+        return false;
+    }
+    let Ok(Some(addr)) = rustix::net::getpeername(file.fd()) else {
         return false;
     };
     let Ok(unix) = rustix::net::SocketAddrUnix::try_from(addr) else {
@@ -262,7 +266,6 @@ fn is_our_socket(d: &Daemon, fd: &OwnedFd) -> bool {
     let Some(path) = unix.path_bytes() else {
         return false;
     };
-    [&d.device_path, &d.control_path]
-        .iter()
+    ours.iter()
         .any(|p| p.as_os_str().as_encoded_bytes() == path)
 }

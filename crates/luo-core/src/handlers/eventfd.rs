@@ -62,12 +62,15 @@ impl Kind {
     /// [`Kind::of`] a file already looked at. An anonymous-inode file's kind
     /// comes from its fdinfo, which its [`FileKey`](crate::FileKey) reads anyway,
     /// saving a readlink per PRESERVE_FD; others (a pidfd on pidfs) from the link.
+    ///
+    /// An `O_PATH` fd's fdinfo has none of the fields that name a kind (its
+    /// file has no `show_fdinfo`), so the fdinfo also rules those out.
     fn of_info(file: &FileInfo<'_>) -> Option<Self> {
-        if !is_open_file(file.fd()) {
-            return None;
-        }
         if file.is_anon_inode() {
             return Kind::from_fdinfo(file.fdinfo()?);
+        }
+        if !file.is_open() {
+            return None;
         }
         Kind::from_link(file.link()?)
     }

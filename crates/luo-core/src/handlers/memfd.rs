@@ -30,7 +30,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use luo_uapi::Errno;
 use rustix::fs::{FileType, SeekFrom, Stat};
 
-use super::{decode, dup, encode, fd_link, is_open_file};
+use super::{decode, dup, encode, fd_link};
 use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "memfd-v1";
@@ -72,7 +72,7 @@ fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
 
 fn is_memfd(file: &FileInfo<'_>) -> bool {
     FileType::from_raw_mode(file.stat().st_mode) == FileType::RegularFile
-        && is_open_file(file.fd())
+        && file.is_open()
         && file.link().and_then(name_in_link).is_some()
 }
 

@@ -80,7 +80,7 @@ impl FileHandler for PipeHandler {
     }
 
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
-        is_pipe(file.fd(), file.stat())
+        FileType::from_raw_mode(file.stat().st_mode) == FileType::Fifo && file.is_open()
     }
 
     fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {

@@ -162,7 +162,7 @@ impl FileHandler for SocketHandler {
     }
 
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
-        is_socket(file.fd(), file.stat())
+        FileType::from_raw_mode(file.stat().st_mode) == FileType::Socket && file.is_open()
     }
 
     fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
