@@ -25,7 +25,7 @@
 //! The orchestrator owns no sockets: callers name sessions by [`SessionId`] and say
 //! who they are with [`Caller`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use luo_uapi::rfc_v4::{Event, State};
@@ -152,8 +152,11 @@ pub struct Orchestrator {
     /// In creation order (ids grow).
     sessions: BTreeMap<SessionId, Session>,
     names: HashMap<String, SessionId>,
-    /// Every preserved file, by inode: where it is.
+    /// Every preserved file, by identity: where it is. Carried files join it
+    /// when [`settle`](Self::settle) has checked them.
     preserved: HashMap<FileKey, (SessionId, u64)>,
+    /// Sessions with carried files not yet checked, in creation order.
+    unsettled: BTreeSet<SessionId>,
     /// Files that may never be preserved: the daemon's own handles.
     reserved: HashSet<FileKey>,
     next_id: u64,
@@ -172,6 +175,7 @@ impl Orchestrator {
             sessions: BTreeMap::new(),
             names: HashMap::new(),
             preserved: HashMap::new(),
+            unsettled: BTreeSet::new(),
             reserved: HashSet::new(),
             next_id: 1,
         }
@@ -215,7 +219,7 @@ impl Orchestrator {
     /// How many files are preserved in all sessions.
     #[must_use]
     pub fn preserved_count(&self) -> usize {
-        self.preserved.len()
+        self.sessions.values().map(|s| s.files.len()).sum()
     }
 
     /// Never accept the file `key` for preservation (the daemon's own handles).
@@ -238,7 +242,9 @@ impl Orchestrator {
     /// the preservation, close the daemon's reference.
     fn drop_files(&mut self, files: Vec<PreservedFile>) {
         for f in files.into_iter().rev() {
-            self.preserved.remove(&f.key);
+            if let Some(key) = f.key {
+                self.preserved.remove(&key);
+            }
             f.unpreserve();
         }
     }
@@ -252,6 +258,7 @@ impl Orchestrator {
     /// `EOPNOTSUPP` for FREEZE, or the error of the session that failed to prepare
     /// (then nothing changed).
     pub fn set_event(&mut self, raw_event: u32) -> Result<()> {
+        self.settle_all();
         let event = Event::try_from(raw_event).map_err(|_| Error::UnknownEvent(raw_event))?;
         let to = match global_transition(self.state, event) {
             GlobalTransition::Run { to, .. } => to,
@@ -404,6 +411,7 @@ impl Orchestrator {
     /// FREEZE out of place; a handler's error when PREPARE or FREEZE fails (see the
     /// module docs of [`crate::session`] for what is left behind).
     pub fn session_event(&mut self, id: SessionId, raw_event: u32, caller: Caller) -> Result<()> {
+        self.settle_all();
         let global = self.state;
         let s = self.session_for(id, caller)?;
         let event = Event::try_from(raw_event).map_err(|_| Error::UnknownEvent(raw_event))?;
@@ -471,6 +479,8 @@ impl Orchestrator {
         caller: Caller,
         own: impl FnOnce(&FileInfo<'_>) -> bool,
     ) -> Result<()> {
+        // The duplicate check below needs every carried file's identity.
+        self.settle_all();
         let global = self.state;
         let s = self.sessions.get(&id).ok_or(Error::StaleHandle(id.0))?;
         caller.check(s)?;
@@ -517,9 +527,10 @@ impl Orchestrator {
             token,
             handler,
             fd,
-            key,
+            key: Some(key),
             data,
             restored: false,
+            refused: None,
         };
         self.preserved.insert(key, (id, token));
         self.sessions
@@ -555,7 +566,8 @@ impl Orchestrator {
     /// changed after FREEZE; a handler's error from `retrieve`.
     pub fn restore_fd(&mut self, id: SessionId, token: u64, caller: Caller) -> Result<OwnedFd> {
         let global = self.state;
-        let s = self.session_for(id, caller)?;
+        let s = self.sessions.get_mut(&id).ok_or(Error::StaleHandle(id.0))?;
+        caller.check(s)?;
         if global != State::Updated || s.state != State::Updated {
             return Err(busy(s, global, "restore"));
         }
@@ -563,6 +575,9 @@ impl Orchestrator {
         let file = &mut s.files[idx];
         if file.restored {
             return Err(Error::AlreadyRestored(token));
+        }
+        if file.key.is_none() && file.refused.is_none() {
+            settle_file(id, file, &mut self.preserved);
         }
         let fd = file.retrieve()?;
         file.restored = true;
@@ -576,6 +591,7 @@ impl Orchestrator {
         let Some(mut s) = self.sessions.remove(&id) else {
             return;
         };
+        self.unsettled.remove(&id);
         self.names.remove(&s.name);
         let dropped = match s.state {
             State::Prepared | State::Frozen => {
@@ -601,6 +617,7 @@ impl Orchestrator {
     /// call froze are unfrozen in reverse, every session is cancelled, the global
     /// state returns to NORMAL, and the freeze error is returned.
     pub fn freeze_for_update(&mut self) -> Result<UpdateFreeze> {
+        self.settle_all();
         if self.state != State::Prepared {
             return Err(Error::UpdateNotPrepared(self.state));
         }
@@ -691,10 +708,17 @@ impl Orchestrator {
     /// Step 6: the next epoch's orchestrator, in UPDATED, from a decoded image and
     /// the fds carried with it (in `fd_index` order).
     ///
-    /// Nothing is built unless everything checks out: each file's handler is
-    /// registered, accepts its data and its fd, every fd is used once, and no
-    /// file appears twice. On failure the fds are handed back untouched, so the
-    /// caller can still carry them elsewhere (the rollback of SPEC §7 step 6).
+    /// Nothing is built unless the image fits: one fd per file, every index used
+    /// once, each file's handler registered and reading its data. Those checks
+    /// make no system call, so they cost little per file. What needs one per
+    /// file (the handler's look at the fd, the file's identity for the duplicate
+    /// check) is deferred: [`settle`](Self::settle) does it in batches once the
+    /// epoch serves, RESTORE_FD does it first for the file it restores, and
+    /// anything that needs every identity (PRESERVE_FD, PREPARE, FREEZE, an
+    /// update) settles everything first. The blackout of a live update ends at
+    /// the first RESTORE_FD, so it no longer grows with these checks. On failure
+    /// the fds are handed back untouched, so the caller can still carry them
+    /// elsewhere (the rollback of SPEC §7 step 6).
     ///
     /// # Errors
     /// [`HandoverFailure`]: `EIO` ([`Error::Handover`]) for an image that does
@@ -705,10 +729,9 @@ impl Orchestrator {
         registry: HandlerRegistry,
         limits: Limits,
     ) -> Result<Self, HandoverFailure> {
-        let keys = match Self::check_handover(image, &fds, &registry) {
-            Ok(keys) => keys,
-            Err(error) => return Err(HandoverFailure { error, fds }),
-        };
+        if let Err(error) = Self::check_handover(image, fds.len(), &registry) {
+            return Err(HandoverFailure { error, fds });
+        }
         let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         let mut o = Orchestrator::new(registry, limits);
         o.state = State::Updated;
@@ -716,32 +739,34 @@ impl Orchestrator {
         // Ids never repeat across epochs, so a handle of the previous epoch can
         // never name a session of this one: it is stale (SPEC §5, §7 step 4).
         o.next_id = (image.epoch << 32) | 1;
-        let mut keys = keys.into_iter();
         for si in &image.sessions {
             let id = SessionId(o.next_id);
             o.next_id += 1;
             let mut s = Session::new(id, si.name.clone(), si.owner);
             s.state = State::Updated;
             s.incoming = true;
+            s.files.reserve_exact(si.files.len());
             for fi in &si.files {
-                // check_handover proved every index valid and unique, every
-                // handler registered, and one key per file.
-                let (Some(fd), Some(handler), Some(key)) = (
+                // check_handover proved every index valid and unique, and every
+                // handler registered.
+                let (Some(fd), Some(handler)) = (
                     slots.get_mut(fi.fd_index as usize).and_then(Option::take),
                     o.registry.by_compatible(&fi.compatible).cloned(),
-                    keys.next(),
                 ) else {
                     unreachable!("checked by check_handover");
                 };
-                o.preserved.insert(key, (id, fi.token));
                 s.files.push(PreservedFile {
                     token: fi.token,
                     handler,
                     fd,
-                    key,
+                    key: None,
                     data: fi.data.clone(),
                     restored: false,
+                    refused: None,
                 });
+            }
+            if !s.files.is_empty() {
+                o.unsettled.insert(id);
             }
             o.names.insert(s.name.clone(), id);
             o.sessions.insert(id, s);
@@ -749,49 +774,110 @@ impl Orchestrator {
         Ok(o)
     }
 
-    /// Everything [`from_handover`](Self::from_handover) needs to hold, checked
-    /// with borrowed fds; the file keys in image order.
-    fn check_handover(
-        image: &Handover,
-        fds: &[OwnedFd],
-        registry: &HandlerRegistry,
-    ) -> Result<Vec<FileKey>> {
+    /// Everything [`from_handover`](Self::from_handover) needs to hold before it
+    /// builds anything, checked without a system call.
+    fn check_handover(image: &Handover, fds: usize, registry: &HandlerRegistry) -> Result<()> {
         use crate::handover::HandoverError as H;
-        if fds.len() != image.fd_count() {
-            let msg = format!("{} fds carried, image has {}", fds.len(), image.fd_count());
+        if fds != image.fd_count() {
+            let msg = format!("{fds} fds carried, image has {}", image.fd_count());
             return Err(H::Invalid(msg).into());
         }
-        let mut used = vec![false; fds.len()];
-        let mut seen = HashSet::with_capacity(fds.len());
-        let mut keys = Vec::with_capacity(fds.len());
+        let mut used = vec![false; fds];
         for fi in image.sessions.iter().flat_map(|s| &s.files) {
             let slot = fi.fd_index as usize;
             if used.get(slot) != Some(&false) {
                 return Err(H::Invalid(format!("fd index {slot} out of range or reused")).into());
             }
             used[slot] = true;
-            let fd = fds[slot].as_fd();
             let handler = registry.by_compatible(&fi.compatible).ok_or_else(|| {
                 H::Invalid(format!(
                     "no handler {:?} for token {:#x}",
                     fi.compatible, fi.token
                 ))
             })?;
-            handler.deserialize(Some(fd), &fi.data).map_err(|e| {
+            handler.deserialize(None, &fi.data).map_err(|e| {
                 H::Invalid(format!(
                     "{} rejects token {:#x}: {e}",
                     fi.compatible, fi.token
                 ))
             })?;
-            let key = FileKey::of(fd).map_err(Error::Os)?;
-            if !seen.insert(key) {
-                return Err(
-                    H::Invalid(format!("token {:#x} is a file carried twice", fi.token)).into(),
-                );
-            }
-            keys.push(key);
         }
-        Ok(keys)
+        Ok(())
+    }
+
+    /// Whether files carried by the live update still await their check.
+    #[must_use]
+    pub fn unsettled(&self) -> bool {
+        !self.unsettled.is_empty()
+    }
+
+    /// Check up to `budget` carried files, in creation order: the handler looks
+    /// at the fd (is it still the kind of file its data describes?) and the
+    /// file's identity joins the duplicate index. A file that fails is refused
+    /// (every RESTORE_FD of it fails with the reason) rather than served; a file
+    /// whose identity another carried file already has is refused with `EIO`.
+    /// Returns how many files were checked; 0 when everything is settled.
+    pub fn settle(&mut self, budget: usize) -> usize {
+        let mut done = 0;
+        while done < budget {
+            let Some(&id) = self.unsettled.first() else {
+                break;
+            };
+            let mut finished = true;
+            if let Some(s) = self.sessions.get_mut(&id) {
+                for file in &mut s.files {
+                    if file.key.is_some() || file.refused.is_some() {
+                        continue;
+                    }
+                    if done == budget {
+                        finished = false;
+                        break;
+                    }
+                    settle_file(id, file, &mut self.preserved);
+                    done += 1;
+                }
+            }
+            if finished {
+                self.unsettled.remove(&id);
+            }
+        }
+        done
+    }
+
+    /// [`settle`](Self::settle) everything.
+    fn settle_all(&mut self) {
+        while self.unsettled() {
+            self.settle(usize::MAX);
+        }
+    }
+}
+
+/// The deferred check of one carried file (see [`Orchestrator::settle`]).
+fn settle_file(
+    id: SessionId,
+    file: &mut PreservedFile,
+    preserved: &mut HashMap<FileKey, (SessionId, u64)>,
+) {
+    let checked = file
+        .handler
+        .deserialize(Some(file.fd.as_fd()), &file.data)
+        .and_then(|()| FileKey::of(file.fd.as_fd()));
+    match checked {
+        Ok(key) if !preserved.contains_key(&key) => {
+            preserved.insert(key, (id, file.token));
+            file.key = Some(key);
+        }
+        Ok(_) => {
+            tracing::warn!(
+                token = file.token,
+                "a file carried twice; refusing the second"
+            );
+            file.refused = Some(luo_uapi::Errno::IO);
+        }
+        Err(errno) => {
+            tracing::warn!(token = file.token, compatible = file.compatible(), %errno, "a carried file fails its check; refusing it");
+            file.refused = Some(errno);
+        }
     }
 }
 

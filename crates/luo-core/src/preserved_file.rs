@@ -18,10 +18,16 @@ pub struct PreservedFile {
     pub(crate) handler: Arc<dyn FileHandler>,
     /// The daemon's own reference: the open file lives as long as this does.
     pub(crate) fd: OwnedFd,
-    pub(crate) key: FileKey,
+    /// Its identity; `None` for a file carried by a live update until the new
+    /// epoch's deferred check has looked at it (see
+    /// [`Orchestrator::settle`](crate::Orchestrator::settle)).
+    pub(crate) key: Option<FileKey>,
     pub(crate) data: Vec<u8>,
     /// Restored in this epoch (RESTORE_FD succeeded); reset by FINISH.
     pub(crate) restored: bool,
+    /// Why the deferred check after a live update refused this file: every
+    /// RESTORE_FD of it fails with this errno.
+    pub(crate) refused: Option<luo_uapi::Errno>,
 }
 
 impl PreservedFile {
@@ -37,9 +43,9 @@ impl PreservedFile {
         self.handler.compatible()
     }
 
-    /// The inode identity of the file.
+    /// The identity of the file; `None` while a carried file awaits its check.
     #[must_use]
-    pub fn key(&self) -> FileKey {
+    pub fn key(&self) -> Option<FileKey> {
         self.key
     }
 
@@ -77,6 +83,9 @@ impl PreservedFile {
     }
 
     pub(crate) fn retrieve(&self) -> Result<OwnedFd> {
+        if let Some(errno) = self.refused {
+            return Err(self.failed("retrieve", errno));
+        }
         self.handler
             .retrieve(self.fd.as_fd(), &self.data)
             .map_err(|e| self.failed("retrieve", e))

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use luo_core::handover::{FileImage, Handover, HandoverError, SessionImage};
-use luo_core::{Orchestrator, State};
+use luo_core::{Limits, Orchestrator, State};
 use luo_uapi::rfc_v4::Event;
 use proptest::prelude::*;
 
@@ -247,4 +247,101 @@ fn the_golden_v1_image_still_decodes() {
 fn write_golden_v1_image() {
     std::fs::create_dir_all(std::path::Path::new(GOLDEN_V1).parent().expect("dir")).expect("mkdir");
     std::fs::write(GOLDEN_V1, golden_v1().encode()).expect("write");
+}
+
+/// An orchestrator in PREPARED whose session "s" holds `files` (token i: the
+/// i-th), and the image and fds a live update of it would carry.
+fn carried(
+    files: Vec<std::os::fd::OwnedFd>,
+) -> (Orchestrator, Handover, Vec<std::os::fd::OwnedFd>) {
+    let mut o = Orchestrator::new(registry(), Limits::default());
+    let id = o.create_session("s", ROOT).expect("create");
+    for (i, fd) in files.into_iter().enumerate() {
+        o.preserve_fd(id, i as u64, Some(fd), ROOT)
+            .expect("preserve");
+    }
+    o.set_event(Event::Prepare as u32).expect("prepare");
+    let _freeze = o.freeze_for_update().expect("freeze");
+    let (image, fds) = o.handover("/proc/self/exe").expect("handover");
+    let fds = fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned().expect("dup"))
+        .collect();
+    let image = Handover::decode(&image.encode()).expect("decode");
+    (o, image, fds)
+}
+
+fn registry() -> luo_core::HandlerRegistry {
+    luo_core::HandlerRegistry::with_builtin()
+}
+
+fn memfd() -> std::os::fd::OwnedFd {
+    rustix::fs::memfd_create("ram", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd")
+}
+
+/// The per-fd checks of a resume are deferred until after the epoch serves;
+/// anything that needs every file's identity settles them all first, so a
+/// duplicate of a carried file is still refused with EBUSY.
+#[test]
+fn deferred_checks_still_refuse_a_duplicate_of_a_carried_file() {
+    let mine = efd();
+    let (old, image, fds) = carried(vec![mine.try_clone().expect("dup"), efd()]);
+    drop(old);
+    let mut o = Orchestrator::from_handover(&image, fds, registry(), Limits::default())
+        .expect("from_handover");
+    assert!(o.unsettled(), "nothing checked before the epoch serves");
+    let t = o.create_session("t", ROOT).expect("create");
+    let err = o
+        .preserve_fd(t, 1, Some(mine), ROOT)
+        .expect_err("a duplicate of a carried file");
+    assert_eq!(err.errno(), luo_uapi::Errno::BUSY);
+    assert!(
+        !o.unsettled(),
+        "PRESERVE_FD settled every carried file first"
+    );
+    o.preserve_fd(t, 2, Some(efd()), ROOT)
+        .expect("a new file is fine");
+}
+
+/// `settle` checks at most its budget, in order, and says how many it did.
+#[test]
+fn settle_works_in_batches() {
+    let (old, image, fds) = carried((0..5).map(|_| memfd()).collect());
+    drop(old);
+    let mut o = Orchestrator::from_handover(&image, fds, registry(), Limits::default())
+        .expect("from_handover");
+    assert_eq!(o.settle(2), 2);
+    assert!(o.unsettled());
+    assert_eq!(o.settle(2), 2);
+    assert_eq!(o.settle(2), 1);
+    assert!(!o.unsettled());
+    assert_eq!(o.settle(2), 0);
+    let keys: Vec<_> = o
+        .sessions()
+        .flat_map(|s| s.files().iter().map(|f| f.key()))
+        .collect();
+    assert!(keys.iter().all(Option::is_some), "{keys:?}");
+}
+
+/// A carried fd that is not what its data describes, or a file carried twice,
+/// no longer stops the whole epoch: that file is refused, with the handler's
+/// errno or EIO, on every RESTORE_FD, and the others restore.
+#[test]
+fn a_carried_file_that_fails_its_check_is_refused_alone() {
+    let (old, image, mut fds) = carried(vec![memfd(), efd(), memfd(), memfd()]);
+    drop(old);
+    fds.swap(0, 1); // token 0 (memfd data) gets the eventfd and token 1 the memfd
+    fds[3] = fds[2].try_clone().expect("dup"); // token 3 is token 2's file again
+    let mut o = Orchestrator::from_handover(&image, fds, registry(), Limits::default())
+        .expect("the image itself is fine");
+    let id = o.retrieve_session("s", ROOT).expect("retrieve");
+    for token in [0, 1] {
+        let err = o.restore_fd(id, token, ROOT).expect_err("wrong kind");
+        assert_eq!(err.errno(), luo_uapi::Errno::INVAL, "token {token}");
+        let again = o.restore_fd(id, token, ROOT).expect_err("still refused");
+        assert_eq!(again.errno(), luo_uapi::Errno::INVAL, "token {token}");
+    }
+    o.restore_fd(id, 2, ROOT).expect("token 2 restores");
+    let err = o.restore_fd(id, 3, ROOT).expect_err("carried twice");
+    assert_eq!(err.errno(), luo_uapi::Errno::IO);
 }

@@ -32,6 +32,10 @@ pub(crate) const TOKEN_DEVICE: u64 = 0;
 pub(crate) const TOKEN_CONTROL: u64 = 1;
 pub(crate) const TOKEN_SIGNALS: u64 = 2;
 const FIRST_CONN: u64 = 16;
+/// Carried files checked per turn of the loop while a resumed epoch settles
+/// (see `Orchestrator::settle`): about a millisecond of work, so a request
+/// arriving meanwhile waits no longer than that.
+const SETTLE_BATCH: usize = 1024;
 /// Requests served from one handle per wakeup. One: a client waits for each
 /// reply, so a second receive would almost always find nothing and cost a
 /// system call per request; with level-triggered epoll, anything still queued
@@ -109,6 +113,8 @@ pub struct Daemon {
     /// What the previous epoch asked this one to report to the `luoctl update`
     /// that started it, and when the update began.
     pub(crate) pending_report: Option<crate::update::PendingReport>,
+    /// When the live update that started this epoch began (CLOCK_MONOTONIC ns).
+    update_started_ns: Option<u64>,
 }
 
 /// Raise RLIMIT_NOFILE (SPEC §9): to the kernel's ceiling (`fs.nr_open`) when
@@ -217,6 +223,7 @@ impl Daemon {
             device_path,
             control_path,
             started_from,
+            update_started_ns: pending_report.as_ref().map(|p| p.started_ns),
             pending_report,
         })
     }
@@ -244,9 +251,16 @@ impl Daemon {
         crate::notify::notify("READY=1");
         crate::update::report(self);
         let mut events = Vec::with_capacity(256);
+        let now = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
             events.clear();
-            match epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
+            // While carried files await their check, poll instead of sleeping,
+            // and check a batch after serving whatever is ready.
+            let timeout = self.orch.unsettled().then_some(&now);
+            match epoll::wait(&self.epoll, spare_capacity(&mut events), timeout) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(e),
             }
@@ -266,6 +280,22 @@ impl Daemon {
                     token => self.conn_ready(token, ev.flags),
                 }
             }
+            if self.orch.unsettled() {
+                self.settle();
+            }
+        }
+    }
+
+    /// Check one batch of the files a live update carried; say so when the
+    /// last one is done.
+    fn settle(&mut self) {
+        self.orch.settle(SETTLE_BATCH);
+        if !self.orch.unsettled() {
+            tracing::info!(
+                files = self.orch.preserved_count(),
+                since_ms = self.update_started_ns.map(crate::update::ms_since),
+                "every carried file checked"
+            );
         }
     }
 

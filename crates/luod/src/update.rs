@@ -5,7 +5,8 @@
 //! luoctl update ─▶ 1 freeze every PREPARED session      ─ fails ─▶ all cancelled, NORMAL, error
 //!                  2 serialize the handover image
 //!                  3 dry run: NEW --check-handover < image ─ fails ─▶ thaw to PREPARED, error
-//!                  4 queue image, listeners, files on a socketpair (SCM_RIGHTS)
+//!                  4 queue image, listeners, files on a socketpair (SCM_RIGHTS),
+//!                    while the dry run's child reads the image on the other CPU
 //!                  5 execve(NEW --resume), the socketpair as stdin ─ fails ─▶ thaw, error
 //!                    (exec closes every old handle: clients see them go stale)
 //!                  6 NEW reads the queue, rebuilds, serves in UPDATED, answers luoctl
@@ -99,7 +100,7 @@ struct TransferHeader {
 pub(crate) struct PendingReport {
     reply_to: Option<OwnedFd>,
     controls: Vec<OwnedFd>,
-    started_ns: u64,
+    pub(crate) started_ns: u64,
     rollback: Option<String>,
 }
 
@@ -133,7 +134,7 @@ pub(crate) struct Resumed {
 }
 
 /// Milliseconds since a [`now_ns`] timestamp, for the logs of each phase.
-fn ms_since(start_ns: u64) -> f64 {
+pub(crate) fn ms_since(start_ns: u64) -> f64 {
     now_ns().saturating_sub(start_ns) as f64 / 1e6
 }
 
@@ -221,15 +222,17 @@ fn hand_over(
     } else {
         &[]
     };
-    dry_run(target, prefix, &bytes, &check_proof(&image)).map_err(|why| {
+    let dry_run_failed = |why: String| {
         failed(
             Errno::NOEXEC,
             format!("Dry run of {} failed: {why}", target.display()),
         )
-    })?;
-
+    };
     let image_fd =
         sealed_memfd(&bytes).map_err(|e| failed(e, "Cannot store the handover image"))?;
+    // The child decodes the image while this process queues the fds: the two
+    // steps overlap instead of adding up. Nothing is committed until it answers.
+    let dry_run = DryRun::start(target, prefix, &image_fd).map_err(dry_run_failed)?;
     let exe_fd = rustix::fs::open(
         previous,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
@@ -273,9 +276,16 @@ fn hand_over(
             ),
         )
     })?;
+    tracing::info!(
+        since_ms = ms_since(started_ns),
+        "live update: queued; waiting for the dry run"
+    );
+    dry_run
+        .finish(&check_proof(&image))
+        .map_err(dry_run_failed)?;
     let mut args = prefix.to_vec();
     args.extend(resume_args(&d.cfg));
-    tracing::info!(exe = %target.display(), since_ms = ms_since(started_ns), "live update: queued; exec");
+    tracing::info!(exe = %target.display(), since_ms = ms_since(started_ns), "live update: dry run passed; exec");
     let err = exec(target, &args, stdin, &[]);
     Err(failed(
         Errno::from_io_error(&err).unwrap_or(Errno::NOEXEC),
@@ -345,66 +355,103 @@ fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
-/// Step 3: run `exe --check-handover` on a copy of the image, with a timeout.
-fn dry_run(exe: &Path, prefix: &[OsString], image: &[u8], proof: &str) -> Result<(), String> {
-    let input = sealed_memfd(image).map_err(|e| format!("cannot copy the image: {e}"))?;
-    let output =
-        rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
-    let err_out = output.try_clone().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(prefix)
-        .arg("--check-handover")
-        .stdin(Stdio::from(input))
-        .stdout(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(err_out))
-        .env_remove("NOTIFY_SOCKET")
-        .spawn()
-        .map_err(|e| format!("cannot start it: {}", plain(&e)))?;
-    let pid = rustix::process::Pid::from_child(&child);
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| e.to_string())?;
-    let mut fds = [rustix::event::PollFd::new(
-        &pidfd,
-        rustix::event::PollFlags::IN,
-    )];
-    let timeout = rustix::time::Timespec {
-        tv_sec: DRY_RUN_TIMEOUT_MS / 1000,
-        tv_nsec: 0,
-    };
-    let ready = loop {
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Err(Errno::INTR) => {}
-            other => break other,
+/// Step 3: `exe --check-handover` reading the image, running while the caller
+/// goes on; [`DryRun::finish`] waits for its verdict, with a timeout. Dropped
+/// unfinished, the child is killed.
+struct DryRun {
+    child: std::process::Child,
+    pidfd: OwnedFd,
+    output: OwnedFd,
+    done: bool,
+}
+
+impl DryRun {
+    /// Start the child on `image` (a sealed memfd at offset 0; the child gets
+    /// the same open file, and the transfer reads it with `pread`, so the
+    /// child's reading does not disturb it).
+    fn start(exe: &Path, prefix: &[OsString], image: &OwnedFd) -> Result<DryRun, String> {
+        let input = image.try_clone().map_err(|e| e.to_string())?;
+        let output = rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC)
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(prefix)
+            .arg("--check-handover")
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
+            .env_remove("NOTIFY_SOCKET")
+            .spawn()
+            .map_err(|e| format!("cannot start it: {}", plain(&e)))?;
+        let pid = rustix::process::Pid::from_child(&child);
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(pidfd) => Ok(DryRun {
+                child,
+                pidfd,
+                output,
+                done: false,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e.to_string())
+            }
         }
-    };
-    if !matches!(ready, Ok(n) if n > 0) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("no answer within {} s", DRY_RUN_TIMEOUT_MS / 1000));
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let mut said = vec![0u8; 64 * 1024];
-    let n = rustix::io::pread(&output, &mut said, 0).unwrap_or(0);
-    let said = String::from_utf8_lossy(&said[..n]);
-    if status.success() {
-        if said.lines().any(|l| l == proof) {
-            return Ok(());
+
+    /// Wait for the child and judge what it printed: it must exit 0 and print
+    /// `proof`.
+    fn finish(mut self, proof: &str) -> Result<(), String> {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: DRY_RUN_TIMEOUT_MS / 1000,
+            tv_nsec: 0,
+        };
+        let ready = loop {
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Err(Errno::INTR) => {}
+                other => break other,
+            }
+        };
+        if !matches!(ready, Ok(n) if n > 0) {
+            return Err(format!("no answer within {} s", DRY_RUN_TIMEOUT_MS / 1000));
         }
-        return Err(format!(
-            "it exited with {status} but did not confirm the image (is it luod?)"
-        ));
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        self.done = true;
+        let mut said = vec![0u8; 64 * 1024];
+        let n = rustix::io::pread(&self.output, &mut said, 0).unwrap_or(0);
+        let said = String::from_utf8_lossy(&said[..n]);
+        if status.success() {
+            if said.lines().any(|l| l == proof) {
+                return Ok(());
+            }
+            return Err(format!(
+                "it exited with {status} but did not confirm the image (is it luod?)"
+            ));
+        }
+        let last = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        Err(if last.is_empty() {
+            format!("it exited with {status}")
+        } else {
+            format!("it exited with {status}: {last}")
+        })
     }
-    let last = said
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    Err(if last.is_empty() {
-        format!("it exited with {status}")
-    } else {
-        format!("it exited with {status}: {last}")
-    })
+}
+
+impl Drop for DryRun {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Step 4: a socketpair whose receiving end holds the whole transfer. The
@@ -610,8 +657,9 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
         if std::env::var_os(FAIL_RESUME_ENV).is_some() {
             return Err(format!("{FAIL_RESUME_ENV} is set"));
         }
-        // Decoding checks the structure; from_handover checks every file
-        // against its handler and its fd, once.
+        // Decoding checks the structure; from_handover checks that every file
+        // fits its handler, and leaves the per-fd checks for after the epoch
+        // serves (`Orchestrator::settle`).
         let image = decode(&bytes)?;
         let files = std::mem::take(&mut t.files);
         match Orchestrator::from_handover(&image, files, registry.clone(), limits) {
