@@ -253,6 +253,15 @@ pub trait FileHandler: fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// Whether [`freeze`](Self::freeze) only looks at its own file and data,
+    /// with no effect another file's freeze could see: a live update may then
+    /// freeze such files on several CPUs at once, with the same outcome as one
+    /// after the other. The built-in handlers' freezes are such; the default is
+    /// `false` (strict preservation order).
+    fn freeze_is_local(&self) -> bool {
+        false
+    }
+
     /// Undo [`freeze`](Self::freeze).
     fn unfreeze(&self, _fd: BorrowedFd<'_>, _data: &mut Vec<u8>) {}
 

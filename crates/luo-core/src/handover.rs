@@ -121,6 +121,103 @@ pub struct Handover {
     pub sessions: Vec<SessionImage>,
 }
 
+/// Header and body of a `luod-handover-v1` image whose body is `body`:
+/// a [`Handover`] or a [`HandoverRef`], which encode to the same bytes.
+fn encode_v1<T: Serialize>(body: &T) -> Vec<u8> {
+    let body = postcard::to_allocvec(body).expect("postcard cannot fail on in-memory data");
+    let mut compatible = [0u8; 32];
+    compatible[..COMPATIBLE_V1.len()].copy_from_slice(COMPATIBLE_V1.as_bytes());
+    let header = Header {
+        magic: MAGIC,
+        compatible,
+        body_len: body.len() as u64,
+        body_crc32: crc32fast::hash(&body),
+        reserved: 0,
+    };
+    let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A borrowed view of a [`Handover`] that encodes to the same bytes: the
+/// outgoing epoch writes its image from its own sessions without copying each
+/// file's data and handler name first.
+#[derive(Debug, Serialize)]
+pub struct HandoverRef<'a> {
+    /// As [`Handover::epoch`].
+    pub epoch: u64,
+    /// As [`Handover::previous_exe`].
+    pub previous_exe: &'a str,
+    /// As [`Handover::sessions`].
+    pub sessions: Vec<SessionImageRef<'a>>,
+}
+
+/// A borrowed [`SessionImage`].
+#[derive(Debug, Serialize)]
+pub struct SessionImageRef<'a> {
+    /// As [`SessionImage::name`].
+    pub name: &'a str,
+    /// As [`SessionImage::owner`].
+    pub owner: u32,
+    /// As [`SessionImage::files`].
+    pub files: Vec<FileImageRef<'a>>,
+}
+
+/// A borrowed [`FileImage`].
+#[derive(Debug, Serialize)]
+pub struct FileImageRef<'a> {
+    /// As [`FileImage::token`].
+    pub token: u64,
+    /// As [`FileImage::compatible`].
+    pub compatible: &'a str,
+    /// As [`FileImage::data`].
+    pub data: &'a [u8],
+    /// As [`FileImage::fd_index`].
+    pub fd_index: u32,
+}
+
+impl HandoverRef<'_> {
+    /// The image bytes, exactly as [`Handover::encode`] of the same content.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        encode_v1(self)
+    }
+
+    /// How many files (and so fds) cross.
+    #[must_use]
+    pub fn fd_count(&self) -> usize {
+        self.sessions.iter().map(|s| s.files.len()).sum()
+    }
+
+    /// An owned copy.
+    #[must_use]
+    pub fn to_owned(&self) -> Handover {
+        Handover {
+            epoch: self.epoch,
+            previous_exe: self.previous_exe.to_owned(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|s| SessionImage {
+                    name: s.name.to_owned(),
+                    owner: s.owner,
+                    files: s
+                        .files
+                        .iter()
+                        .map(|f| FileImage {
+                            token: f.token,
+                            compatible: f.compatible.to_owned(),
+                            data: f.data.to_vec(),
+                            fd_index: f.fd_index,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Handover {
     /// How many fds travel with the image.
     #[must_use]
@@ -132,20 +229,7 @@ impl Handover {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         // The body type is the in-memory type today; a v2 will map between them.
-        let body = postcard::to_allocvec(self).expect("postcard cannot fail on owned data");
-        let mut compatible = [0u8; 32];
-        compatible[..COMPATIBLE_V1.len()].copy_from_slice(COMPATIBLE_V1.as_bytes());
-        let header = Header {
-            magic: MAGIC,
-            compatible,
-            body_len: body.len() as u64,
-            body_crc32: crc32fast::hash(&body),
-            reserved: 0,
-        };
-        let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(&body);
-        out
+        encode_v1(self)
     }
 
     /// Decode and structurally check an image.

@@ -32,7 +32,7 @@ use luo_uapi::rfc_v4::{Event, State};
 
 use crate::error::{Error, Result};
 use crate::file_handler::{FileInfo, FileKey, HandlerRegistry};
-use crate::handover::{FileImage, Handover, SessionImage};
+use crate::handover::{FileImageRef, Handover, HandoverRef, SessionImageRef};
 use crate::preserved_file::PreservedFile;
 use crate::session::{self, Session, SessionId, Transition};
 
@@ -141,6 +141,9 @@ pub const fn global_transition(state: State, event: Event) -> GlobalTransition {
 pub struct UpdateFreeze {
     frozen: Vec<SessionId>,
 }
+
+/// Below this many files a live update freezes them on one thread.
+const PARALLEL_FREEZE_FILES: usize = 2048;
 
 /// The engine: global state, sessions, and the index of preserved files.
 #[derive(Debug)]
@@ -627,6 +630,21 @@ impl Orchestrator {
             .filter(|s| s.state == State::Prepared)
             .map(|s| s.id)
             .collect();
+        if self.freezes_in_parallel() {
+            if let Err(e) = self.freeze_files_in_parallel() {
+                tracing::warn!(error = %e, "freeze failed; cancelling the update");
+                self.cancel_all();
+                self.state = State::Normal;
+                return Err(e);
+            }
+            for s in self.sessions.values_mut() {
+                if s.state == State::Prepared {
+                    s.state = State::Frozen;
+                }
+            }
+            self.state = State::Frozen;
+            return Ok(UpdateFreeze { frozen: prepared });
+        }
         let mut frozen = Vec::new();
         for id in prepared {
             let s = self.sessions.get_mut(&id).expect("listed above");
@@ -643,6 +661,65 @@ impl Orchestrator {
         }
         self.state = State::Frozen;
         Ok(UpdateFreeze { frozen })
+    }
+
+    /// Whether the update's freeze may run on several CPUs: enough files to pay
+    /// for the threads, every one of them with a local freeze.
+    fn freezes_in_parallel(&self) -> bool {
+        let mut files = self
+            .sessions
+            .values()
+            .filter(|s| s.state == State::Prepared)
+            .flat_map(|s| &s.files);
+        std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+            && files.clone().count() >= PARALLEL_FREEZE_FILES
+            && files.all(|f| f.handler.freeze_is_local())
+    }
+
+    /// Freeze the files of every PREPARED session, split in order over one
+    /// thread per CPU. The outcome is the sequential one (each freeze is local):
+    /// on a failure every file that froze is unfrozen, in reverse order, and the
+    /// first error in preservation order is returned; the caller cancels.
+    fn freeze_files_in_parallel(&mut self) -> Result<()> {
+        let mut files: Vec<&mut PreservedFile> = self
+            .sessions
+            .values_mut()
+            .filter(|s| s.state == State::Prepared)
+            .flat_map(|s| s.files.iter_mut())
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let per_thread = files.len().div_ceil(threads).max(1);
+        let outcomes: Vec<(usize, Option<Error>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = files
+                .chunks_mut(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        for (i, f) in part.iter_mut().enumerate() {
+                            if let Err(e) = f.freeze() {
+                                return (i, Some(e));
+                            }
+                        }
+                        (part.len(), None)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a freeze thread panicked"))
+                .collect()
+        });
+        if outcomes.iter().all(|(_, error)| error.is_none()) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        let mut chunks: Vec<_> = files.chunks_mut(per_thread).zip(outcomes).collect();
+        for (part, (frozen, error)) in chunks.iter_mut().rev() {
+            part[..*frozen].iter_mut().rev().for_each(|f| f.unfreeze());
+            if error.is_some() {
+                first_error = error.take();
+            }
+        }
+        Err(first_error.expect("one part failed"))
     }
 
     /// Undo a [`freeze_for_update`](Self::freeze_for_update) whose update did not
@@ -670,10 +747,23 @@ impl Orchestrator {
     /// # Errors
     /// `EINVAL` unless global FROZEN (after [`freeze_for_update`](Self::freeze_for_update)).
     pub fn handover(&self, previous_exe: &str) -> Result<(Handover, Vec<BorrowedFd<'_>>)> {
+        let (view, fds) = self.handover_view(previous_exe)?;
+        Ok((view.to_owned(), fds))
+    }
+
+    /// [`handover`](Self::handover) as a view borrowing this orchestrator's own
+    /// data: the same image bytes without a copy of each file's data.
+    ///
+    /// # Errors
+    /// As [`handover`](Self::handover).
+    pub fn handover_view<'a: 'b, 'b>(
+        &'a self,
+        previous_exe: &'b str,
+    ) -> Result<(HandoverRef<'b>, Vec<BorrowedFd<'a>>)> {
         if self.state != State::Frozen {
             return Err(Error::UpdateNotPrepared(self.state));
         }
-        let mut fds = Vec::new();
+        let mut fds = Vec::with_capacity(self.preserved_count());
         let mut sessions = Vec::new();
         for s in self.sessions.values().filter(|s| s.state == State::Frozen) {
             let files = s
@@ -683,23 +773,23 @@ impl Orchestrator {
                     let fd_index =
                         u32::try_from(fds.len()).map_err(|_| Error::Limit("preserved files"))?;
                     fds.push(f.fd.as_fd());
-                    Ok(FileImage {
+                    Ok(FileImageRef {
                         token: f.token,
-                        compatible: f.compatible().to_owned(),
-                        data: f.data.clone(),
+                        compatible: f.compatible(),
+                        data: &f.data,
                         fd_index,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            sessions.push(SessionImage {
-                name: s.name.clone(),
+            sessions.push(SessionImageRef {
+                name: &s.name,
                 owner: s.owner,
                 files,
             });
         }
-        let image = Handover {
+        let image = HandoverRef {
             epoch: self.epoch + 1,
-            previous_exe: previous_exe.to_owned(),
+            previous_exe,
             sessions,
         };
         Ok((image, fds))

@@ -100,12 +100,12 @@ impl PreservedFile {
         r.map_err(|e| self.failed("prepare", e))
     }
 
-    fn freeze(&mut self) -> Result<()> {
+    pub(crate) fn freeze(&mut self) -> Result<()> {
         let r = self.handler.freeze(self.fd.as_fd(), &mut self.data);
         r.map_err(|e| self.failed("freeze", e))
     }
 
-    fn unfreeze(&mut self) {
+    pub(crate) fn unfreeze(&mut self) {
         self.handler.unfreeze(self.fd.as_fd(), &mut self.data);
     }
 

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use luo_core::handover::{FileImage, Handover, HandoverError, SessionImage};
+use luo_core::handover::{
+    FileImage, FileImageRef, Handover, HandoverError, HandoverRef, SessionImage, SessionImageRef,
+};
 use luo_core::{Limits, Orchestrator, State};
 use luo_uapi::rfc_v4::Event;
 use proptest::prelude::*;
@@ -77,6 +79,29 @@ proptest! {
     #[test]
     fn encode_then_decode_is_identity(h in image()) {
         prop_assert_eq!(Handover::decode(&h.encode()), Ok(h));
+    }
+
+    /// The outgoing epoch writes its image through a borrowed view: the bytes
+    /// must be exactly those of the owned image (the golden v1 test pins those).
+    #[test]
+    fn a_borrowed_view_encodes_to_the_same_bytes(h in image()) {
+        let view = HandoverRef {
+            epoch: h.epoch,
+            previous_exe: &h.previous_exe,
+            sessions: h.sessions.iter().map(|s| SessionImageRef {
+                name: &s.name,
+                owner: s.owner,
+                files: s.files.iter().map(|f| FileImageRef {
+                    token: f.token,
+                    compatible: &f.compatible,
+                    data: &f.data,
+                    fd_index: f.fd_index,
+                }).collect(),
+            }).collect(),
+        };
+        prop_assert_eq!(view.encode(), h.encode());
+        prop_assert_eq!(view.fd_count(), h.fd_count());
+        prop_assert_eq!(view.to_owned(), h);
     }
 
     /// CRC-32 catches every single-bit error in the body; the header fields catch

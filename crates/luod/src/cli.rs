@@ -37,7 +37,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
     if cfg.check_handover {
         return match crate::update::check_handover() {
             Ok(image) => {
-                println!("{}", crate::update::check_proof(&image));
+                println!(
+                    "{}",
+                    crate::update::check_proof(image.epoch, image.sessions.len(), image.fd_count())
+                );
                 // The full listing is for a person; the dry run reads only the
                 // proof, and printing 100k lines would lengthen the blackout.
                 if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

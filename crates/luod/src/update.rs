@@ -58,13 +58,8 @@ const TRANSFER_MAGIC: [u8; 8] = *b"LUOXFER1";
 /// run needs this positive proof, not just an exit status of 0 (which
 /// `/bin/true` would give).
 #[must_use]
-pub fn check_proof(image: &Handover) -> String {
-    format!(
-        "luod-check-handover ok epoch={} sessions={} files={}",
-        image.epoch,
-        image.sessions.len(),
-        image.fd_count()
-    )
+pub fn check_proof(epoch: u64, sessions: usize, files: usize) -> String {
+    format!("luod-check-handover ok epoch={epoch} sessions={sessions} files={files}")
 }
 
 /// Testing knob: this build pretends to read only the named handover format, as
@@ -180,12 +175,26 @@ pub(crate) fn update(
             ),
         ));
     }
-    tracing::info!(target = %target.display(), "live update: freezing");
+    let prefix: Vec<OsString> = if target == previous {
+        d.cfg.exec_prefix.clone()
+    } else {
+        Vec::new()
+    };
+    // The dry run's child starts first, so that its exec and start-up overlap
+    // the freeze; it reads the image once there is one. Dropped, it is killed.
+    let dry_run = DryRun::start(&target, &prefix).map_err(|why| {
+        failed(
+            Errno::NOEXEC,
+            format!("Dry run of {} failed: {why}", target.display()),
+        )
+    })?;
+    tracing::info!(target = %target.display(), since_ms = ms_since(started_ns), "live update: dry run started; freezing");
     let freeze = d
         .orch
         .freeze_for_update()
         .map_err(|e| failed(e.errno(), format!("Freeze failed: {}", chain(&e))))?;
-    match hand_over(d, token, &target, &previous, started_ns) {
+    tracing::info!(since_ms = ms_since(started_ns), "live update: frozen");
+    match hand_over(d, token, &target, &previous, &prefix, dry_run, started_ns) {
         Ok(never) => match never {},
         Err(reply) => {
             d.orch.thaw(freeze);
@@ -202,11 +211,14 @@ fn hand_over(
     token: u64,
     target: &Path,
     previous: &Path,
+    prefix: &[OsString],
+    mut dry_run: DryRun,
     started_ns: u64,
 ) -> Result<Never, Box<ControlReply>> {
+    let previous_exe = previous.to_string_lossy();
     let (image, files) = d
         .orch
-        .handover(&previous.to_string_lossy())
+        .handover_view(&previous_exe)
         .map_err(|e| failed(e.errno(), chain(&e)))?;
     let bytes = image.encode();
     tracing::info!(
@@ -217,22 +229,17 @@ fn hand_over(
         "live update: frozen and serialized; dry run of {}",
         target.display()
     );
-    let prefix: &[OsString] = if target == previous {
-        &d.cfg.exec_prefix
-    } else {
-        &[]
-    };
     let dry_run_failed = |why: String| {
         failed(
             Errno::NOEXEC,
             format!("Dry run of {} failed: {why}", target.display()),
         )
     };
-    let image_fd =
-        sealed_memfd(&bytes).map_err(|e| failed(e, "Cannot store the handover image"))?;
     // The child decodes the image while this process queues the fds: the two
     // steps overlap instead of adding up. Nothing is committed until it answers.
-    let dry_run = DryRun::start(target, prefix, &image_fd).map_err(dry_run_failed)?;
+    dry_run.feed(bytes.clone());
+    let image_fd =
+        sealed_memfd(&bytes).map_err(|e| failed(e, "Cannot store the handover image"))?;
     let exe_fd = rustix::fs::open(
         previous,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
@@ -281,7 +288,7 @@ fn hand_over(
         "live update: queued; waiting for the dry run"
     );
     dry_run
-        .finish(&check_proof(&image))
+        .finish(&check_proof(image.epoch, image.sessions.len(), files.len()))
         .map_err(dry_run_failed)?;
     let mut args = prefix.to_vec();
     args.extend(resume_args(&d.cfg));
@@ -362,21 +369,21 @@ struct DryRun {
     child: std::process::Child,
     pidfd: OwnedFd,
     output: OwnedFd,
+    /// Writes the image into the child's standard input, a pipe, so that a
+    /// child that never reads cannot block the daemon.
+    feeder: Option<std::thread::JoinHandle<()>>,
     done: bool,
 }
 
 impl DryRun {
-    /// Start the child on `image` (a sealed memfd at offset 0; the child gets
-    /// the same open file, and the transfer reads it with `pread`, so the
-    /// child's reading does not disturb it).
-    fn start(exe: &Path, prefix: &[OsString], image: &OwnedFd) -> Result<DryRun, String> {
-        let input = image.try_clone().map_err(|e| e.to_string())?;
+    /// Start the child; it waits for the image on standard input.
+    fn start(exe: &Path, prefix: &[OsString]) -> Result<DryRun, String> {
         let output = rustix::fs::memfd_create("luod-dry-run", MemfdFlags::CLOEXEC)
             .map_err(|e| e.to_string())?;
         let mut child = Command::new(exe)
             .args(prefix)
             .arg("--check-handover")
-            .stdin(Stdio::from(input))
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
             .stderr(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
             .env_remove("NOTIFY_SOCKET")
@@ -388,6 +395,7 @@ impl DryRun {
                 child,
                 pidfd,
                 output,
+                feeder: None,
                 done: false,
             }),
             Err(e) => {
@@ -395,6 +403,17 @@ impl DryRun {
                 let _ = child.wait();
                 Err(e.to_string())
             }
+        }
+    }
+
+    /// Hand the child the image, from a thread, and close its input.
+    fn feed(&mut self, image: Vec<u8>) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            self.feeder = Some(std::thread::spawn(move || {
+                // A child that exits early closes the pipe (EPIPE): its exit
+                // status and output tell why.
+                let _ = std::io::Write::write_all(&mut stdin, &image);
+            }));
         }
     }
 
@@ -420,6 +439,9 @@ impl DryRun {
         }
         let status = self.child.wait().map_err(|e| e.to_string())?;
         self.done = true;
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
         let mut said = vec![0u8; 64 * 1024];
         let n = rustix::io::pread(&self.output, &mut said, 0).unwrap_or(0);
         let said = String::from_utf8_lossy(&said[..n]);
@@ -450,6 +472,10 @@ impl Drop for DryRun {
         if !self.done {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // The child is gone, so the feeder's write has ended too.
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
         }
     }
 }

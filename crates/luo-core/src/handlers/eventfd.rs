@@ -107,6 +107,10 @@ impl FileHandler for EventfdHandler {
         COMPATIBLE
     }
 
+    fn freeze_is_local(&self) -> bool {
+        true
+    }
+
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
         Kind::of_info(file).is_some()
     }

@@ -9,8 +9,9 @@
 //! Lifecycle of the per-file data (size, seals, name, offset, `frozen_size`):
 //!
 //! - `preserve` and `prepare` record size, seals, name and the file offset.
-//! - `freeze` records them once more and sets `frozen_size`: from here on the
-//!   file is meant to stay as it is.
+//! - `freeze` records size and offset once more and sets `frozen_size`: from
+//!   here on the file is meant to stay as it is. (Seals stay as PREPARE saw
+//!   them: they can only be added, and a restore needs none.)
 //! - `unfreeze` and `cancel` clear `frozen_size`; the client may change the file
 //!   again and the next freeze records it anew.
 //! - `retrieve` hands back a new fd to the same open file description, with the
@@ -129,6 +130,10 @@ impl FileHandler for MemfdHandler {
         COMPATIBLE
     }
 
+    fn freeze_is_local(&self) -> bool {
+        true
+    }
+
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
         is_memfd(file)
     }
@@ -143,7 +148,12 @@ impl FileHandler for MemfdHandler {
     }
 
     fn freeze(&self, fd: BorrowedFd<'_>, data: &mut Vec<u8>) -> Result<(), Errno> {
-        let mut now = resnapshot(fd, data)?;
+        // Size and offset, the two things a restore depends on: two system
+        // calls per file in the update's blackout. The seals stay as PREPARE
+        // recorded them (seals are only ever added, and a restore needs none).
+        let mut now: MemfdData = decode(COMPATIBLE, data)?;
+        now.size = size_of(&rustix::fs::fstat(fd)?)?;
+        now.offset = rustix::fs::tell(fd)?;
         now.frozen_size = Some(now.size);
         *data = encode(COMPATIBLE, &now)?;
         Ok(())

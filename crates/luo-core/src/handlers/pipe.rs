@@ -79,6 +79,10 @@ impl FileHandler for PipeHandler {
         COMPATIBLE
     }
 
+    fn freeze_is_local(&self) -> bool {
+        true
+    }
+
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
         FileType::from_raw_mode(file.stat().st_mode) == FileType::Fifo && file.is_open()
     }

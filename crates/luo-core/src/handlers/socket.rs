@@ -161,6 +161,10 @@ impl FileHandler for SocketHandler {
         COMPATIBLE
     }
 
+    fn freeze_is_local(&self) -> bool {
+        true
+    }
+
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
         FileType::from_raw_mode(file.stat().st_mode) == FileType::Socket && file.is_open()
     }
