@@ -143,29 +143,31 @@ fn encode_v1<T: Serialize>(body: &T) -> Vec<u8> {
 /// A borrowed view of a [`Handover`] that encodes to the same bytes: the
 /// outgoing epoch writes its image from its own sessions without copying each
 /// file's data and handler name first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct HandoverRef<'a> {
     /// As [`Handover::epoch`].
     pub epoch: u64,
     /// As [`Handover::previous_exe`].
     pub previous_exe: &'a str,
     /// As [`Handover::sessions`].
+    #[serde(borrow)]
     pub sessions: Vec<SessionImageRef<'a>>,
 }
 
 /// A borrowed [`SessionImage`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SessionImageRef<'a> {
     /// As [`SessionImage::name`].
     pub name: &'a str,
     /// As [`SessionImage::owner`].
     pub owner: u32,
     /// As [`SessionImage::files`].
+    #[serde(borrow)]
     pub files: Vec<FileImageRef<'a>>,
 }
 
 /// A borrowed [`FileImage`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FileImageRef<'a> {
     /// As [`FileImage::token`].
     pub token: u64,
@@ -177,7 +179,81 @@ pub struct FileImageRef<'a> {
     pub fd_index: u32,
 }
 
-impl HandoverRef<'_> {
+impl<'a> HandoverRef<'a> {
+    /// Decode an image without copying its strings and data: the view borrows
+    /// from `bytes`. The same checks as [`Handover::decode`].
+    ///
+    /// # Errors
+    /// As [`Handover::decode`].
+    pub fn decode(bytes: &'a [u8]) -> Result<HandoverRef<'a>, HandoverError> {
+        let image: HandoverRef<'a> = decode_body(v1_body(bytes)?)?;
+        image.check_structure()?;
+        Ok(image)
+    }
+
+    /// Names valid and unique, tokens unique per session, every fd index used once.
+    fn check_structure(&self) -> Result<(), HandoverError> {
+        let invalid = |m: String| Err(HandoverError::Invalid(m));
+        let mut names = HashSet::new();
+        let count = self.fd_count();
+        let mut slots = vec![false; count];
+        let mut tokens = Vec::new();
+        for s in &self.sessions {
+            if s.name.is_empty()
+                || s.name.len() >= luo_uapi::rfc_v4::SESSION_NAME_LENGTH
+                || s.name.contains('\0')
+            {
+                return invalid(format!("invalid session name {:?}", s.name));
+            }
+            if !names.insert(s.name) {
+                return invalid(format!("session {:?} appears twice", s.name));
+            }
+            for f in &s.files {
+                match slots.get_mut(f.fd_index as usize) {
+                    Some(used @ false) => *used = true,
+                    _ => {
+                        return invalid(format!("fd index {} out of range or reused", f.fd_index));
+                    }
+                }
+            }
+            tokens.clear();
+            tokens.extend(s.files.iter().map(|f| f.token));
+            tokens.sort_unstable();
+            if let Some(t) = tokens.windows(2).find(|w| w[0] == w[1]) {
+                return invalid(format!(
+                    "token {:#x} appears twice in session {:?}",
+                    t[0], s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check every file against `registry`: its handler exists and reads its data.
+    /// This is the whole dry run of `luod --check-handover` after [`decode`](Self::decode).
+    ///
+    /// # Errors
+    /// [`HandoverError::Invalid`] naming the first file that fails.
+    pub fn validate(&self, registry: &HandlerRegistry) -> Result<(), HandoverError> {
+        for s in &self.sessions {
+            for f in &s.files {
+                let h = registry.by_compatible(f.compatible).ok_or_else(|| {
+                    HandoverError::Invalid(format!(
+                        "no handler {:?} for token {:#x}",
+                        f.compatible, f.token
+                    ))
+                })?;
+                h.deserialize(None, f.data).map_err(|e| {
+                    HandoverError::Invalid(format!(
+                        "{} rejects token {:#x}: {e}",
+                        f.compatible, f.token
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The image bytes, exactly as [`Handover::encode`] of the same content.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
@@ -237,101 +313,44 @@ impl Handover {
     /// # Errors
     /// A [`HandoverError`] for every way the bytes can be wrong; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Handover, HandoverError> {
-        let (header, rest) =
-            Header::read_from_prefix(bytes).map_err(|_| HandoverError::Truncated {
-                have: bytes.len(),
-                need: HEADER_SIZE,
-            })?;
-        if header.magic != MAGIC {
-            return Err(HandoverError::BadMagic);
-        }
-        let end = header.compatible.iter().position(|&b| b == 0).unwrap_or(32);
-        let compatible = String::from_utf8_lossy(&header.compatible[..end]).into_owned();
-        if header.compatible[end..].iter().any(|&b| b != 0) {
-            return Err(HandoverError::UnknownFormat(compatible));
-        }
-        if header.reserved != 0 {
-            return Err(HandoverError::Reserved(header.reserved));
-        }
-        if header.body_len > MAX_BODY {
-            return Err(HandoverError::BodyLength(header.body_len));
-        }
-        let body_len = header.body_len as usize;
-        if rest.len() < body_len {
-            return Err(HandoverError::Truncated {
-                have: bytes.len(),
-                need: HEADER_SIZE + body_len,
-            });
-        }
-        if rest.len() > body_len {
-            return Err(HandoverError::Trailing(rest.len() - body_len));
-        }
-        if crc32fast::hash(rest) != header.body_crc32 {
-            return Err(HandoverError::Checksum);
-        }
-        let image = match compatible.as_str() {
-            COMPATIBLE_V1 => decode_body::<Handover>(rest)?,
-            _ => return Err(HandoverError::UnknownFormat(compatible)),
-        };
-        image.check_structure()?;
+        let image: Handover = decode_body(v1_body(bytes)?)?;
+        image.view().check_structure()?;
         Ok(image)
     }
 
-    /// Names valid and unique, tokens unique per session, every fd index used once.
-    fn check_structure(&self) -> Result<(), HandoverError> {
-        let invalid = |m: String| Err(HandoverError::Invalid(m));
-        let mut names = HashSet::new();
-        let mut slots = HashSet::new();
-        let count = self.fd_count();
-        for s in &self.sessions {
-            if s.name.is_empty()
-                || s.name.len() >= luo_uapi::rfc_v4::SESSION_NAME_LENGTH
-                || s.name.contains('\0')
-            {
-                return invalid(format!("invalid session name {:?}", s.name));
-            }
-            if !names.insert(s.name.as_str()) {
-                return invalid(format!("session {:?} appears twice", s.name));
-            }
-            let mut tokens = HashSet::new();
-            for f in &s.files {
-                if !tokens.insert(f.token) {
-                    return invalid(format!(
-                        "token {:#x} appears twice in session {:?}",
-                        f.token, s.name
-                    ));
-                }
-                if f.fd_index as usize >= count || !slots.insert(f.fd_index) {
-                    return invalid(format!("fd index {} out of range or reused", f.fd_index));
-                }
-            }
+    /// A borrowed view of this image.
+    #[must_use]
+    pub fn view(&self) -> HandoverRef<'_> {
+        HandoverRef {
+            epoch: self.epoch,
+            previous_exe: &self.previous_exe,
+            sessions: self
+                .sessions
+                .iter()
+                .map(|s| SessionImageRef {
+                    name: &s.name,
+                    owner: s.owner,
+                    files: s
+                        .files
+                        .iter()
+                        .map(|f| FileImageRef {
+                            token: f.token,
+                            compatible: &f.compatible,
+                            data: &f.data,
+                            fd_index: f.fd_index,
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
-        Ok(())
     }
 
     /// Check every file against `registry`: its handler exists and reads its data.
-    /// This is the whole dry run of `luod --check-handover` after [`decode`](Self::decode).
     ///
     /// # Errors
     /// [`HandoverError::Invalid`] naming the first file that fails.
     pub fn validate(&self, registry: &HandlerRegistry) -> Result<(), HandoverError> {
-        for s in &self.sessions {
-            for f in &s.files {
-                let h = registry.by_compatible(&f.compatible).ok_or_else(|| {
-                    HandoverError::Invalid(format!(
-                        "no handler {:?} for token {:#x}",
-                        f.compatible, f.token
-                    ))
-                })?;
-                h.deserialize(None, &f.data).map_err(|e| {
-                    HandoverError::Invalid(format!(
-                        "{} rejects token {:#x}: {e}",
-                        f.compatible, f.token
-                    ))
-                })?;
-            }
-        }
-        Ok(())
+        self.view().validate(registry)
     }
 
     /// A readable listing, for `luoctl handover dump`.
@@ -372,7 +391,47 @@ impl Handover {
     }
 }
 
-fn decode_body<T: for<'a> Deserialize<'a>>(body: &[u8]) -> Result<T, HandoverError> {
+/// The body of a `luod-handover-v1` image, once its header checks out: magic,
+/// format, reserved field, length and checksum.
+fn v1_body(bytes: &[u8]) -> Result<&[u8], HandoverError> {
+    let (header, rest) = Header::read_from_prefix(bytes).map_err(|_| HandoverError::Truncated {
+        have: bytes.len(),
+        need: HEADER_SIZE,
+    })?;
+    if header.magic != MAGIC {
+        return Err(HandoverError::BadMagic);
+    }
+    let end = header.compatible.iter().position(|&b| b == 0).unwrap_or(32);
+    let compatible = String::from_utf8_lossy(&header.compatible[..end]).into_owned();
+    if header.compatible[end..].iter().any(|&b| b != 0) {
+        return Err(HandoverError::UnknownFormat(compatible));
+    }
+    if header.reserved != 0 {
+        return Err(HandoverError::Reserved(header.reserved));
+    }
+    if header.body_len > MAX_BODY {
+        return Err(HandoverError::BodyLength(header.body_len));
+    }
+    let body_len = header.body_len as usize;
+    if rest.len() < body_len {
+        return Err(HandoverError::Truncated {
+            have: bytes.len(),
+            need: HEADER_SIZE + body_len,
+        });
+    }
+    if rest.len() > body_len {
+        return Err(HandoverError::Trailing(rest.len() - body_len));
+    }
+    if crc32fast::hash(rest) != header.body_crc32 {
+        return Err(HandoverError::Checksum);
+    }
+    match compatible.as_str() {
+        COMPATIBLE_V1 => Ok(rest),
+        _ => Err(HandoverError::UnknownFormat(compatible)),
+    }
+}
+
+fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HandoverError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(body).map_err(|e| HandoverError::Body(e.to_string()))?;
     if !rest.is_empty() {

@@ -819,6 +819,20 @@ impl Orchestrator {
         registry: HandlerRegistry,
         limits: Limits,
     ) -> Result<Self, HandoverFailure> {
+        Self::from_handover_view(&image.view(), fds, registry, limits)
+    }
+
+    /// [`from_handover`](Self::from_handover) from an image decoded as a view
+    /// ([`HandoverRef::decode`]), copying each file's data once.
+    ///
+    /// # Errors
+    /// As [`from_handover`](Self::from_handover).
+    pub fn from_handover_view(
+        image: &HandoverRef<'_>,
+        fds: Vec<OwnedFd>,
+        registry: HandlerRegistry,
+        limits: Limits,
+    ) -> Result<Self, HandoverFailure> {
         if let Err(error) = Self::check_handover(image, fds.len(), &registry) {
             return Err(HandoverFailure { error, fds });
         }
@@ -832,7 +846,7 @@ impl Orchestrator {
         for si in &image.sessions {
             let id = SessionId(o.next_id);
             o.next_id += 1;
-            let mut s = Session::new(id, si.name.clone(), si.owner);
+            let mut s = Session::new(id, si.name.to_owned(), si.owner);
             s.state = State::Updated;
             s.incoming = true;
             s.files.reserve_exact(si.files.len());
@@ -841,7 +855,7 @@ impl Orchestrator {
                 // handler registered.
                 let (Some(fd), Some(handler)) = (
                     slots.get_mut(fi.fd_index as usize).and_then(Option::take),
-                    o.registry.by_compatible(&fi.compatible).cloned(),
+                    o.registry.by_compatible(fi.compatible).cloned(),
                 ) else {
                     unreachable!("checked by check_handover");
                 };
@@ -850,7 +864,7 @@ impl Orchestrator {
                     handler,
                     fd,
                     key: None,
-                    data: fi.data.clone(),
+                    data: fi.data.to_vec(),
                     restored: false,
                     refused: None,
                 });
@@ -866,7 +880,11 @@ impl Orchestrator {
 
     /// Everything [`from_handover`](Self::from_handover) needs to hold before it
     /// builds anything, checked without a system call.
-    fn check_handover(image: &Handover, fds: usize, registry: &HandlerRegistry) -> Result<()> {
+    fn check_handover(
+        image: &HandoverRef<'_>,
+        fds: usize,
+        registry: &HandlerRegistry,
+    ) -> Result<()> {
         use crate::handover::HandoverError as H;
         if fds != image.fd_count() {
             let msg = format!("{fds} fds carried, image has {}", image.fd_count());
@@ -879,13 +897,13 @@ impl Orchestrator {
                 return Err(H::Invalid(format!("fd index {slot} out of range or reused")).into());
             }
             used[slot] = true;
-            let handler = registry.by_compatible(&fi.compatible).ok_or_else(|| {
+            let handler = registry.by_compatible(fi.compatible).ok_or_else(|| {
                 H::Invalid(format!(
                     "no handler {:?} for token {:#x}",
                     fi.compatible, fi.token
                 ))
             })?;
-            handler.deserialize(None, &fi.data).map_err(|e| {
+            handler.deserialize(None, fi.data).map_err(|e| {
                 H::Invalid(format!(
                     "{} rejects token {:#x}: {e}",
                     fi.compatible, fi.token

@@ -101,7 +101,10 @@ proptest! {
         };
         prop_assert_eq!(view.encode(), h.encode());
         prop_assert_eq!(view.fd_count(), h.fd_count());
-        prop_assert_eq!(view.to_owned(), h);
+        prop_assert_eq!(&view.to_owned(), &h);
+        let bytes = h.encode();
+        let decoded = HandoverRef::decode(&bytes).expect("the borrowed decode reads it");
+        prop_assert_eq!(decoded.to_owned(), h);
     }
 
     /// CRC-32 catches every single-bit error in the body; the header fields catch
@@ -112,6 +115,7 @@ proptest! {
         let bit = bit.index(bytes.len() * 8);
         bytes[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(Handover::decode(&bytes).is_err(), "bit {} flipped and accepted", bit);
+        prop_assert!(HandoverRef::decode(&bytes).is_err(), "bit {} flipped, view accepted", bit);
     }
 
     #[test]
@@ -119,6 +123,7 @@ proptest! {
         let bytes = h.encode();
         let len = cut.index(bytes.len());
         prop_assert!(Handover::decode(&bytes[..len]).is_err());
+        prop_assert!(HandoverRef::decode(&bytes[..len]).is_err());
     }
 
     /// Arbitrary damage: never a panic. (A random body can only be accepted if its
@@ -133,12 +138,17 @@ proptest! {
             let i = at.index(bytes.len());
             bytes[i] = value;
         }
-        let _ = Handover::decode(&bytes);
+        // Both decoders agree on what they accept.
+        prop_assert_eq!(
+            Handover::decode(&bytes).ok(),
+            HandoverRef::decode(&bytes).ok().map(|v| v.to_owned())
+        );
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = Handover::decode(&bytes);
+        let _ = HandoverRef::decode(&bytes);
     }
 
     /// Bodies with a valid header and CRC but hostile contents still decode safely.
@@ -149,7 +159,10 @@ proptest! {
         bytes[40..48].copy_from_slice(&(body.len() as u64).to_le_bytes());
         bytes[48..52].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
-        let _ = Handover::decode(&bytes);
+        prop_assert_eq!(
+            Handover::decode(&bytes).ok(),
+            HandoverRef::decode(&bytes).ok().map(|v| v.to_owned())
+        );
     }
 }
 

@@ -36,15 +36,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
     init_logging();
     if cfg.check_handover {
         return match crate::update::check_handover() {
-            Ok(image) => {
-                println!(
-                    "{}",
-                    crate::update::check_proof(image.epoch, image.sessions.len(), image.fd_count())
-                );
+            Ok((proof, bytes)) => {
+                println!("{proof}");
                 // The full listing is for a person; the dry run reads only the
                 // proof, and printing 100k lines would lengthen the blackout.
                 if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                    println!("{}", image.dump());
+                    if let Ok(image) = luo_core::Handover::decode(&bytes) {
+                        println!("{}", image.dump());
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -95,13 +95,20 @@ fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Option<ControlReply> {
         ControlRequest::Prepare => engine_reply(d.orch.set_event(Event::Prepare as u32)),
         ControlRequest::Cancel => engine_reply(d.orch.set_event(Event::Cancel as u32)),
         ControlRequest::Finish => engine_reply(d.orch.set_event(Event::Finish as u32)),
-        ControlRequest::HandoverDump => match &d.started_from {
-            Some(image) => ControlReply {
-                dump: Some(image.dump()),
-                ..ControlReply::ok()
-            },
-            None => ControlReply::failed(Errno::NOENT, "This epoch did not start from a handover"),
-        },
+        ControlRequest::HandoverDump => {
+            match d.started_from.as_deref().map(luo_core::Handover::decode) {
+                Some(Ok(image)) => ControlReply {
+                    dump: Some(image.dump()),
+                    ..ControlReply::ok()
+                },
+                Some(Err(e)) => {
+                    ControlReply::failed(Errno::IO, format!("The image no longer decodes: {e}"))
+                }
+                None => {
+                    ControlReply::failed(Errno::NOENT, "This epoch did not start from a handover")
+                }
+            }
+        }
         ControlRequest::Update { exec } => match crate::update::update(d, token, exec.as_deref()) {
             Ok(()) => return None,
             Err(reply) => *reply,

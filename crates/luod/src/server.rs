@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use luo_core::{FileKey, HandlerRegistry, Handover, Limits, Orchestrator, SessionId};
+use luo_core::{FileKey, HandlerRegistry, Limits, Orchestrator, SessionId};
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
 use rustix::io::Errno;
@@ -109,7 +109,7 @@ pub struct Daemon {
     pub(crate) device_path: PathBuf,
     pub(crate) control_path: PathBuf,
     /// The image this epoch started from, for `handover-dump`.
-    pub(crate) started_from: Option<Handover>,
+    pub(crate) started_from: Option<Vec<u8>>,
     /// What the previous epoch asked this one to report to the `luoctl update`
     /// that started it, and when the update began.
     pub(crate) pending_report: Option<crate::update::PendingReport>,

@@ -33,7 +33,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use luo_core::{HandlerRegistry, Handover, Limits, Orchestrator};
+use luo_core::handover::HandoverRef;
+use luo_core::{HandlerRegistry, Limits, Orchestrator};
 use luo_wire::control::{ControlReply, UpdateReport};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
@@ -124,7 +125,9 @@ pub(crate) struct Resumed {
     pub(crate) orch: Orchestrator,
     pub(crate) device_listener: OwnedFd,
     pub(crate) control_listener: OwnedFd,
-    pub(crate) image: Handover,
+    /// The image it started from, as bytes (decoded again only for
+    /// `handover-dump`).
+    pub(crate) image: Vec<u8>,
     pub(crate) report: PendingReport,
 }
 
@@ -629,7 +632,7 @@ fn read_image(fd: BorrowedFd<'_>) -> Result<Vec<u8>, String> {
 }
 
 /// Decode an image as this build reads it (structure only).
-fn decode(bytes: &[u8]) -> Result<Handover, String> {
+fn decode(bytes: &[u8]) -> Result<HandoverRef<'_>, String> {
     if let Ok(only) = std::env::var(ONLY_FORMAT_ENV) {
         let found = bytes
             .get(8..40)
@@ -641,11 +644,11 @@ fn decode(bytes: &[u8]) -> Result<Handover, String> {
             ));
         }
     }
-    Handover::decode(bytes).map_err(|e| format!("Bad handover image: {e}"))
+    HandoverRef::decode(bytes).map_err(|e| format!("Bad handover image: {e}"))
 }
 
 /// Decode and check an image as this build would load it.
-fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
+fn load<'a>(bytes: &'a [u8], registry: &HandlerRegistry) -> Result<HandoverRef<'a>, String> {
     let image = decode(bytes)?;
     image
         .validate(registry)
@@ -657,11 +660,14 @@ fn load(bytes: &[u8], registry: &HandlerRegistry) -> Result<Handover, String> {
 ///
 /// # Errors
 /// Why the image would not load.
-pub fn check_handover() -> Result<Handover, String> {
+/// Returns the proof line to print, and the image.
+pub fn check_handover() -> Result<(String, Vec<u8>), String> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
         .map_err(|e| format!("cannot read the image: {e}"))?;
-    load(&bytes, &HandlerRegistry::with_builtin())
+    let image = load(&bytes, &HandlerRegistry::with_builtin())?;
+    let proof = check_proof(image.epoch, image.sessions.len(), image.fd_count());
+    Ok((proof, bytes))
 }
 
 /// `luod --resume`: rebuild the epoch from the transfer on standard input. If the
@@ -686,10 +692,14 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
         // Decoding checks the structure; from_handover checks that every file
         // fits its handler, and leaves the per-fd checks for after the epoch
         // serves (`Orchestrator::settle`).
+        // The image is read as a view borrowing `bytes`: each file's data is
+        // copied once, into the file it belongs to.
         let image = decode(&bytes)?;
         let files = std::mem::take(&mut t.files);
-        match Orchestrator::from_handover(&image, files, registry.clone(), limits) {
-            Ok(orch) => Ok((image, orch)),
+        let built = Orchestrator::from_handover_view(&image, files, registry.clone(), limits);
+        drop(image);
+        match built {
+            Ok(orch) => Ok((bytes, orch)),
             Err(failure) => {
                 // The fds come back untouched: the rollback carries them on.
                 t.files = failure.fds;
@@ -701,8 +711,8 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
         Ok((image, orch)) => {
             tracing::info!(
                 epoch = orch.epoch(),
-                sessions = image.sessions.len(),
-                files = image.fd_count(),
+                sessions = orch.sessions().count(),
+                files = orch.preserved_count(),
                 since_ms = ms_since(t.header.started_ns),
                 "resumed from handover"
             );
