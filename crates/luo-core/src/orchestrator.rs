@@ -799,10 +799,10 @@ impl Orchestrator {
     /// the fds carried with it (in `fd_index` order).
     ///
     /// Nothing is built unless the image fits: one fd per file, every index used
-    /// once, each file's handler registered and reading its data. Those checks
-    /// make no system call, so they cost little per file. What needs one per
-    /// file (the handler's look at the fd, the file's identity for the duplicate
-    /// check) is deferred: [`settle`](Self::settle) does it in batches once the
+    /// once, each file's handler registered. Those checks make no system call,
+    /// so they cost little per file. The rest (the handler's reading of the data
+    /// and look at the fd, the file's identity for the duplicate check) is
+    /// deferred: [`settle`](Self::settle) does it in batches once the
     /// epoch serves, RESTORE_FD does it first for the file it restores, and
     /// anything that needs every identity (PRESERVE_FD, PREPARE, FREEZE, an
     /// update) settles everything first. The blackout of a live update ends at
@@ -897,18 +897,16 @@ impl Orchestrator {
                 return Err(H::Invalid(format!("fd index {slot} out of range or reused")).into());
             }
             used[slot] = true;
-            let handler = registry.by_compatible(fi.compatible).ok_or_else(|| {
-                H::Invalid(format!(
+            // Each file's data is read by its handler in the deferred check
+            // (`settle`), as it looks at the fd; the dry run of this binary
+            // already read every one before the exec.
+            if registry.by_compatible(fi.compatible).is_none() {
+                return Err(H::Invalid(format!(
                     "no handler {:?} for token {:#x}",
                     fi.compatible, fi.token
                 ))
-            })?;
-            handler.deserialize(None, fi.data).map_err(|e| {
-                H::Invalid(format!(
-                    "{} rejects token {:#x}: {e}",
-                    fi.compatible, fi.token
-                ))
-            })?;
+                .into());
+            }
         }
         Ok(())
     }

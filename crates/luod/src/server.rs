@@ -33,9 +33,9 @@ pub(crate) const TOKEN_CONTROL: u64 = 1;
 pub(crate) const TOKEN_SIGNALS: u64 = 2;
 const FIRST_CONN: u64 = 16;
 /// Carried files checked per turn of the loop while a resumed epoch settles
-/// (see `Orchestrator::settle`): about a millisecond of work, so a request
+/// (see `Orchestrator::settle`): a quarter of a millisecond of work, so a request
 /// arriving meanwhile waits no longer than that.
-const SETTLE_BATCH: usize = 1024;
+const SETTLE_BATCH: usize = 256;
 /// Requests served from one handle per wakeup. One: a client waits for each
 /// reply, so a second receive would almost always find nothing and cost a
 /// system call per request; with level-triggered epoll, anything still queued
@@ -115,6 +115,10 @@ pub struct Daemon {
     pub(crate) pending_report: Option<crate::update::PendingReport>,
     /// When the live update that started this epoch began (CLOCK_MONOTONIC ns).
     update_started_ns: Option<u64>,
+    /// The dry run of the next update, started while PREPARED.
+    pub(crate) standby: Option<crate::update::Standby>,
+    /// A standby was started (or tried) since the state became PREPARED.
+    pub(crate) standby_tried: bool,
 }
 
 /// Raise RLIMIT_NOFILE (SPEC §9): to the kernel's ceiling (`fs.nr_open`) when
@@ -225,6 +229,8 @@ impl Daemon {
             started_from,
             update_started_ns: pending_report.as_ref().map(|p| p.started_ns),
             pending_report,
+            standby: None,
+            standby_tried: false,
         })
     }
 
@@ -283,6 +289,7 @@ impl Daemon {
             if self.orch.unsettled() {
                 self.settle();
             }
+            crate::update::keep_standby(self);
         }
     }
 

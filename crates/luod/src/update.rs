@@ -183,15 +183,22 @@ pub(crate) fn update(
     } else {
         Vec::new()
     };
-    // The dry run's child starts first, so that its exec and start-up overlap
-    // the freeze; it reads the image once there is one. Dropped, it is killed.
-    let dry_run = DryRun::start(&target, &prefix).map_err(|why| {
-        failed(
-            Errno::NOEXEC,
-            format!("Dry run of {} failed: {why}", target.display()),
-        )
-    })?;
-    tracing::info!(target = %target.display(), since_ms = ms_since(started_ns), "live update: dry run started; freezing");
+    // The dry run's child was started at PREPARE when it runs this very
+    // binary; otherwise it starts now, so that its exec and start-up overlap
+    // the freeze. It reads the image once there is one. Dropped, it is killed.
+    let (dry_run, early) = match d.standby.take().filter(|s| s.runs(&target)) {
+        Some(standby) => (standby.dry_run, true),
+        None => (
+            DryRun::start(&target, &prefix).map_err(|why| {
+                failed(
+                    Errno::NOEXEC,
+                    format!("Dry run of {} failed: {why}", target.display()),
+                )
+            })?,
+            false,
+        ),
+    };
+    tracing::info!(target = %target.display(), started_at_prepare = early, since_ms = ms_since(started_ns), "live update: dry run under way; freezing");
     let freeze = d
         .orch
         .freeze_for_update()
@@ -208,6 +215,63 @@ pub(crate) fn update(
 }
 
 enum Never {}
+
+/// A dry run's child started at global PREPARE for the running binary, waiting
+/// for an image: a live update that follows uses it, so the child's exec (which
+/// closes every fd the daemon holds, in the child's copy) is not in the blackout.
+#[derive(Debug)]
+pub(crate) struct Standby {
+    dry_run: DryRun,
+    exe: PathBuf,
+    /// (st_dev, st_ino, st_mtime, st_mtime_nsec) of `exe` when the child started.
+    file: Option<(u64, u64, i64, i64)>,
+}
+
+impl Standby {
+    /// Whether this child checks what an update to `target` would exec: the
+    /// same path, and the same file there (a binary replaced since is not).
+    fn runs(&self, target: &Path) -> bool {
+        self.exe == target && self.file.is_some() && exe_file(target) == self.file
+    }
+}
+
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+fn exe_file(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    let st = rustix::fs::stat(path).ok()?;
+    Some((
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as i64,
+    ))
+}
+
+/// Keep a [`Standby`] while the global state is PREPARED, and none otherwise.
+/// Cheap when nothing changes; the event loop calls it after every turn.
+pub(crate) fn keep_standby(d: &mut Daemon) {
+    let prepared = d.orch.state() == luo_core::State::Prepared;
+    if !prepared {
+        d.standby = None;
+        d.standby_tried = false;
+        return;
+    }
+    // One try per PREPARE: a child that cannot start now is not retried on
+    // every turn of the loop, and one an aborted update used is not replaced.
+    if d.standby_tried {
+        return;
+    }
+    d.standby_tried = true;
+    let exe = current_exe();
+    let file = exe_file(&exe);
+    match DryRun::start(&exe, &d.cfg.exec_prefix) {
+        Ok(dry_run) => {
+            tracing::debug!(exe = %exe.display(), "dry run started ahead of an update");
+            d.standby = Some(Standby { dry_run, exe, file });
+        }
+        // The update will start one itself, and say why it cannot.
+        Err(why) => tracing::debug!(%why, "cannot start a dry run ahead of an update"),
+    }
+}
 
 fn hand_over(
     d: &mut Daemon,
@@ -368,6 +432,7 @@ fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, Errno> {
 /// Step 3: `exe --check-handover` reading the image, running while the caller
 /// goes on; [`DryRun::finish`] waits for its verdict, with a timeout. Dropped
 /// unfinished, the child is killed.
+#[derive(Debug)]
 struct DryRun {
     child: std::process::Child,
     pidfd: OwnedFd,
@@ -575,6 +640,11 @@ fn read_transfer() -> Result<Transfer, String> {
     if header.magic != TRANSFER_MAGIC {
         return Err("bad magic".into());
     }
+    tracing::info!(
+        since_ms = ms_since(header.started_ns),
+        files = header.files,
+        "resume: receiving the files"
+    );
     let mut fixed = fixed.into_iter();
     let mut next = |what: &str| fixed.next().ok_or_else(|| format!("missing {what}"));
     let image_fd = next("image")?;
@@ -826,5 +896,31 @@ pub(crate) fn report(d: &mut Daemon) {
                 rustix::event::epoll::EventFlags::IN | rustix::event::epoll::EventFlags::OUT;
             crate::control::ready(d, token, flags);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A standby dry run checks the binary it started from: the same path with
+    /// another file there (a package upgrade replaced it) does not count.
+    #[test]
+    fn a_standby_is_used_only_for_the_same_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("luod");
+        std::fs::copy("/bin/true", &exe).expect("copy");
+        let dry_run = DryRun::start(Path::new("/bin/cat"), &[]).expect("start");
+        let standby = Standby {
+            dry_run,
+            exe: exe.clone(),
+            file: exe_file(&exe),
+        };
+        assert!(standby.runs(&exe));
+        assert!(!standby.runs(Path::new("/bin/true")), "another path");
+        let new = dir.path().join("luod.new");
+        std::fs::copy("/bin/true", &new).expect("copy");
+        std::fs::rename(&new, &exe).expect("replace");
+        assert!(!standby.runs(&exe), "the same path, another file");
     }
 }

@@ -23,8 +23,11 @@
 //! A size the machine's RLIMIT_NOFILE cannot carry ([`super::carry_limit`]:
 //! without CAP_SYS_RESOURCE the hard limit cannot be raised) is measured at the
 //! most it can (`requested_files` and `capped_by` say so), and its blackout is
-//! also projected linearly from the two largest sizes measured (`projected:
-//! true`, `n: 0`); the target is judged on that projection.
+//! also projected from every round of the sizes measured (1k sessions each):
+//! a least-squares line through (fds, blackout), evaluated at the wanted size
+//! (`projected: true`, `n: 0`, with the line's slope and intercept); the target
+//! is judged on that projection. Every round is a point, so one noisy median
+//! cannot tilt the line.
 
 use std::time::{Duration, Instant};
 
@@ -98,7 +101,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
                 Size {
                     files: 100_000,
                     sessions: 1_000,
-                    rounds: 3,
+                    rounds: 5,
                 },
             ],
         )
@@ -115,7 +118,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
     let b = measure(base, kind)?;
     let base_ms = Summary::of(&b.client);
     out.record(&with(Record::new(SUITE, "blackout", "ms", base_ms), base))?;
-    // (files, median ms) of every size measured, for a projection.
+    // (files, ms) of every round of every size measured, for a projection.
     let mut points: Vec<(usize, f64)> = Vec::new();
     for wanted in sizes {
         let size = Size {
@@ -133,7 +136,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
         if !points.iter().any(|&(f, _)| f >= size.files) {
             let m = measure(size, kind)?;
             let client = Summary::of(&m.client);
-            points.push((size.files, client.median));
+            points.extend(m.client.iter().map(|&ms| (size.files, ms)));
             let mut blackout = capped(with(Record::new(SUITE, "blackout", "ms", client), size))
                 .baseline(base_ms.median, "the same update carrying 1 fd");
             if size.files == TARGET_FILES {
@@ -178,26 +181,42 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The blackout of `size` extrapolated linearly from the two largest sizes
-/// measured (or from the baseline and the only one), marked `projected`; `None`
-/// with nothing to project from.
+/// The blackout of `size` extrapolated from `points` (files, ms: one per
+/// round) by a least-squares line, marked `projected`; `None` unless the points
+/// span at least two sizes.
 fn project(size: Size, points: &[(usize, f64)], base_ms: f64) -> Option<Record> {
-    let (&(f2, ms2), rest) = points.split_last()?;
-    let (f1, ms1) = rest.last().copied().unwrap_or((1, base_ms));
-    if f2 <= f1 {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|&(f, _)| f as f64).sum::<f64>() / n;
+    let mean_y = points.iter().map(|&(_, ms)| ms).sum::<f64>() / n;
+    let sxx: f64 = points
+        .iter()
+        .map(|&(f, _)| (f as f64 - mean_x).powi(2))
+        .sum();
+    if points.len() < 2 || sxx == 0.0 {
         return None;
     }
-    let slope = (ms2 - ms1) / (f2 - f1) as f64;
-    let ms = ms2 + slope * (size.files - f2) as f64;
+    let sxy: f64 = points
+        .iter()
+        .map(|&(f, ms)| (f as f64 - mean_x) * (ms - mean_y))
+        .sum();
+    let slope = sxy / sxx;
+    let intercept = mean_y - slope * mean_x;
+    let ms = intercept + slope * size.files as f64;
+    let mut sizes: Vec<usize> = points.iter().map(|&(f, _)| f).collect();
+    sizes.dedup();
+    let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
     let mut r = Record::new(SUITE, "blackout", "ms", Summary::one(ms))
         .param("projected", true)
         .param(
             "projected_from",
             format!(
-                "files={f1} and files={f2}, linear ({slope_us:.1} us per fd)",
-                slope_us = slope * 1000.0
+                "least squares over {} rounds at files={}",
+                points.len(),
+                sizes.join(", ")
             ),
         )
+        .param("slope_us_per_fd", crate::record::round(slope * 1000.0))
+        .param("intercept_ms", crate::record::round(intercept))
         .baseline(base_ms, "the same update carrying 1 fd");
     r.n = 0;
     if size.files == TARGET_FILES {

@@ -77,6 +77,22 @@ fn is_memfd(file: &FileInfo<'_>) -> bool {
         && file.link().and_then(name_in_link).is_some()
 }
 
+/// [`MemfdData`] read in place, for the checks of a handover: the same
+/// encoding, without copying the name (the dry run and the resume check every
+/// file).
+#[derive(serde::Deserialize)]
+#[expect(
+    dead_code,
+    reason = "decoded to check the data; the values are not needed"
+)]
+struct MemfdDataRef<'a> {
+    size: u64,
+    seals: u32,
+    name: &'a str,
+    offset: u64,
+    frozen_size: Option<u64>,
+}
+
 fn size_of(stat: &Stat) -> Result<u64, Errno> {
     u64::try_from(stat.st_size).map_err(|_| Errno::IO)
 }
@@ -168,7 +184,7 @@ impl FileHandler for MemfdHandler {
     }
 
     fn deserialize(&self, fd: Option<BorrowedFd<'_>>, data: &[u8]) -> Result<(), Errno> {
-        decode::<MemfdData>(COMPATIBLE, data)?;
+        decode::<MemfdDataRef<'_>>(COMPATIBLE, data)?;
         if let Some(fd) = fd {
             // The fd came from the previous epoch's own list, so one cheap check
             // of its kind is enough; a /proc lookup per file would dominate the
