@@ -57,7 +57,10 @@ const SUITES: [(&str, &str); 5] = [
          blackout by the fds (`marginal_us_per_fd` first subtracts the baseline). Baseline: the \
          same update carrying one fd. A size RLIMIT_NOFILE (`capped_by`) does not let luod \
          hold runs at the most it can (`files` against `requested_files`), and is also \
-         projected linearly from the two largest sizes measured (`projected`, `n` = 0).",
+         projected by a least-squares line through every round of every size measured \
+         (`projected`, `n` = 0; `slope_us_per_fd` and `intercept_ms` give the line). The \
+         global PREPARE before each update is not timed; luod starts the update's dry-run \
+         child during it.",
     ),
     (
         "zero_copy",

@@ -92,7 +92,12 @@ fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Option<ControlReply> {
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             ..ControlReply::ok()
         },
-        ControlRequest::Prepare => engine_reply(d.orch.set_event(Event::Prepare as u32)),
+        ControlRequest::Prepare => {
+            let prepared = d.orch.set_event(Event::Prepare as u32);
+            // Ready the update's dry run before answering (see keep_standby).
+            crate::update::keep_standby(d);
+            engine_reply(prepared)
+        }
         ControlRequest::Cancel => engine_reply(d.orch.set_event(Event::Cancel as u32)),
         ControlRequest::Finish => engine_reply(d.orch.set_event(Event::Finish as u32)),
         ControlRequest::HandoverDump => {

@@ -247,7 +247,9 @@ fn exe_file(path: &Path) -> Option<(u64, u64, i64, i64)> {
 }
 
 /// Keep a [`Standby`] while the global state is PREPARED, and none otherwise.
-/// Cheap when nothing changes; the event loop calls it after every turn.
+/// Cheap when nothing changes. A global PREPARE calls it before its reply, so
+/// starting the child is part of PREPARE, not of an update sent right after;
+/// the event loop calls it after every turn too.
 pub(crate) fn keep_standby(d: &mut Daemon) {
     let prepared = d.orch.state() == luo_core::State::Prepared;
     if !prepared {

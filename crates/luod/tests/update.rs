@@ -526,3 +526,64 @@ fn an_update_from_normal_is_refused_and_changes_nothing() {
 
 #[allow(dead_code)]
 fn unused(_: OwnedFd) {}
+
+/// luod's children now (the dry run's child waits among them while PREPARED).
+fn children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path().join("children");
+        let ids = std::fs::read_to_string(path).unwrap_or_default();
+        for child in ids.split_whitespace() {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    out
+}
+
+/// Wait until luod has `want` dry-run children (a child is visible as one
+/// once its exec is through).
+fn wait_dry_runs(d: &Luod, want: usize, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = children(d.pid());
+        let n = now
+            .iter()
+            .filter(|c| c.contains("--check-handover"))
+            .count();
+        if n == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}: {n} dry-run children, not {want}: {now:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// PREPARE readies the update's dry run (a `--check-handover` child waiting for
+/// the image); CANCEL ends it; an update uses it and leaves no child behind.
+#[test]
+fn the_dry_run_waits_from_prepare_and_goes_with_it() {
+    let d = Luod::start();
+    let dev = d.luo();
+    let s = dev.create_session("standby").expect("create");
+    s.preserve(memfd("m", b"standby"), 1).expect("preserve");
+    wait_dry_runs(&d, 0, "NORMAL");
+    d.prepare();
+    wait_dry_runs(&d, 1, "PREPARED");
+    dev.set_event(Event::Cancel).expect("cancel");
+    wait_dry_runs(&d, 0, "after CANCEL");
+    d.prepare();
+    wait_dry_runs(&d, 1, "PREPARED again");
+    let report = d.update_prepared();
+    assert_eq!(report.files, 1);
+    assert!(
+        d.log().contains("started_at_prepare=true"),
+        "the update used the child PREPARE started:\n{}",
+        d.log()
+    );
+    wait_dry_runs(&d, 0, "after the update");
+}

@@ -267,7 +267,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
     let (sizes, luo_rounds, copy_rounds): (&[u64], usize, usize) = if quick {
         (&[1 << 20, 4 << 20], 2, 1)
     } else {
-        (&[1 << 30, 4 << 30], 15, 3)
+        (&[1 << 30, 4 << 30], 41, 3)
     };
     let largest = sizes.iter().copied().max().unwrap_or(PAGE);
     let dir = tmpfs_dir();
