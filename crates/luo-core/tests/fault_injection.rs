@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use luo_core::{Orchestrator, SessionId, State};
+use luo_core::{Limits, Orchestrator, SessionId, State};
 use luo_uapi::Errno;
 use luo_uapi::rfc_v4::Event;
 
@@ -181,6 +181,47 @@ fn update_freeze_fails_in_session(j: usize) {
     assert_eq!(ops(&log, "cancel").len(), 3 * FILES);
 }
 
+/// Enough files, all with a local freeze: the update freezes them on several
+/// threads. A failure anywhere still undoes every freeze that succeeded (on
+/// whichever thread), cancels every session and returns to NORMAL; without the
+/// failure, the same files all freeze.
+fn parallel_freeze_fails_at(k: usize) {
+    const SESSIONS: usize = 4;
+    const PER_SESSION: usize = 700; // 2800 files: above the parallel threshold
+    let (mut o, h) = orchestrator_with(Limits {
+        sessions_per_uid: 16,
+        files_per_session: PER_SESSION,
+        files_total: SESSIONS * PER_SESSION,
+    });
+    h.local_freeze
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..SESSIONS {
+        let id = o.create_session(&format!("p{i}"), ROOT).expect("create");
+        for t in 0..PER_SESSION {
+            o.preserve_fd(id, t as u64, Some(efd()), ROOT)
+                .expect("preserve");
+        }
+    }
+    o.set_event(Event::Prepare as u32).expect("prepare");
+    h.take_log();
+    let fds = fd_set();
+    h.fail_at("freeze", k);
+    let err = o.freeze_for_update().expect_err("freeze fails");
+    assert_eq!(err.errno(), Errno::IO);
+    assert_eq!(o.state(), State::Normal);
+    assert!(o.sessions().all(|s| s.state() == State::Normal));
+    assert_eq!(fd_set(), fds);
+    let log = h.take_log();
+    let frozen = ops(&log, "freeze").len();
+    assert!(frozen >= k, "{frozen} froze before the failure at {k}");
+    assert_eq!(ops(&log, "unfreeze").len(), frozen, "every freeze undone");
+    assert_eq!(ops(&log, "cancel").len(), SESSIONS * PER_SESSION);
+    o.set_event(Event::Prepare as u32).expect("prepare again");
+    let _freeze = o.freeze_for_update().expect("no failure this time");
+    assert_eq!(ops(&h.take_log(), "freeze").len(), SESSIONS * PER_SESSION);
+    assert!(o.sessions().all(|s| s.state() == State::Frozen));
+}
+
 fn dry_run_failure_thaws_back_to_prepared() {
     let (mut o, h) = orchestrator();
     for i in 0..2 {
@@ -257,5 +298,8 @@ fn every_failure_point_is_all_or_nothing() {
     }
     dry_run_failure_thaws_back_to_prepared();
     handover_failure_builds_nothing();
+    for k in [0, 1399, 1400, 2799] {
+        parallel_freeze_fails_at(k);
+    }
     assert_eq!(fd_set(), baseline, "every scenario closed what it opened");
 }

@@ -113,8 +113,12 @@ impl Luod {
         }
     }
 
+    /// One control request on a new connection; a failure to get the reply
+    /// panics with the daemon's log.
     pub fn control(&self, req: &ControlRequest) -> ControlReply {
-        self.control_conn().call(req)
+        self.control_conn()
+            .try_call(req)
+            .unwrap_or_else(|e| panic!("{req:?}: {e}\n--- luod log ---\n{}", self.log()))
     }
 
     pub fn status(&self) -> Status {
@@ -166,12 +170,30 @@ impl ControlConn {
     }
 
     pub fn read_reply(&mut self) -> Option<ControlReply> {
+        self.try_read_reply().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`read_reply`](Self::read_reply), with the failure as an error.
+    pub fn try_read_reply(&mut self) -> Result<Option<ControlReply>, String> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).expect("reply is JSON")),
-            Err(e) => panic!("read control: {e}"),
+            Ok(0) => Ok(None),
+            Ok(_) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| format!("reply is not JSON ({e}): {line:?}")),
+            Err(e) => Err(format!("read control: {e}")),
         }
+    }
+
+    /// [`call`](Self::call), with the failure as an error.
+    pub fn try_call(&mut self, req: &ControlRequest) -> Result<ControlReply, String> {
+        let mut line = serde_json::to_vec(req).expect("json");
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .map_err(|e| format!("write control: {e}"))?;
+        self.try_read_reply()?
+            .ok_or_else(|| "the daemon closed the connection without a reply".to_owned())
     }
 
     pub fn call(&mut self, req: &ControlRequest) -> ControlReply {

@@ -131,8 +131,8 @@ fn the_device_is_exclusive_and_the_one_step_calls_wait_for_it() {
         .expect("thread")
         .expect("create after release");
     assert_eq!(session.state().expect("state"), State::Normal);
-    // The helper closed the device behind it.
-    Device::open_at(&d.socket).expect("device is free again");
+    // The helper closed the device behind it (the daemon sees that a moment later).
+    Device::open_at_retrying(&d.socket, luo::BUSY_TIMEOUT).expect("device is free again");
 }
 
 #[test]

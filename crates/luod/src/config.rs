@@ -34,7 +34,8 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_files_per_session: usize,
 
-    /// Open connections (device, session and control handles together).
+    /// Open device and session handles together (`luoctl` connections have a
+    /// limit of their own, 256, so that the operator is never locked out).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
 

@@ -32,6 +32,10 @@ pub(crate) const TOKEN_DEVICE: u64 = 0;
 pub(crate) const TOKEN_CONTROL: u64 = 1;
 pub(crate) const TOKEN_SIGNALS: u64 = 2;
 const FIRST_CONN: u64 = 16;
+/// `luoctl` connections open at once. They do not count against
+/// `--max-connections`, so a flood of device clients cannot lock the operator
+/// out; the control socket is the owner's alone (mode 0600).
+pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 256;
 /// Carried files checked per turn of the loop while a resumed epoch settles
 /// (see `Orchestrator::settle`): a quarter of a millisecond of work, so a request
 /// arriving meanwhile waits no longer than that.
@@ -103,6 +107,8 @@ pub struct Daemon {
     pub(crate) control_listener: OwnedFd,
     signals: OwnedFd,
     pub(crate) conns: HashMap<u64, Conn>,
+    /// How many of `conns` are `luoctl` connections.
+    control_conns: usize,
     next_token: u64,
     /// Device handles that said HELLO.
     pub(crate) device_holders: usize,
@@ -156,7 +162,7 @@ impl Daemon {
     pub(crate) fn limits(cfg: &Config) -> Limits {
         let nofile = raise_nofile();
         let files_total = nofile
-            .saturating_sub(cfg.max_connections.min(nofile / 2) + 64)
+            .saturating_sub(cfg.max_connections.min(nofile / 2) + MAX_CONTROL_CONNECTIONS + 64)
             .max(1);
         Limits {
             sessions_per_uid: cfg.max_sessions_per_uid,
@@ -222,6 +228,7 @@ impl Daemon {
             control_listener,
             signals,
             conns: HashMap::new(),
+            control_conns: 0,
             next_token: FIRST_CONN,
             device_holders: 0,
             device_path,
@@ -307,6 +314,7 @@ impl Daemon {
     }
 
     fn accept(&mut self, which: u64) {
+        let mut refused = 0usize;
         loop {
             let listener = if which == TOKEN_DEVICE {
                 &self.device_listener
@@ -319,17 +327,20 @@ impl Daemon {
             ) {
                 Ok(fd) => fd,
                 Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    return;
+                    break;
                 }
             };
-            if self.conns.len() >= self.cfg.max_connections {
-                tracing::warn!(
-                    limit = self.cfg.max_connections,
-                    "connection limit reached; refusing a client"
-                );
+            let full = if which == TOKEN_DEVICE {
+                self.conns.len() - self.control_conns >= self.cfg.max_connections
+            } else {
+                self.control_conns >= MAX_CONTROL_CONNECTIONS
+            };
+            if full {
+                // Closing it is the refusal: the client sees its connection end.
+                refused += 1;
                 continue;
             }
             let uid = luo_wire::peer_credentials(fd.as_fd()).map_or(u32::MAX, |c| c.uid.as_raw());
@@ -351,6 +362,19 @@ impl Daemon {
             };
             let _ = self.add_conn(conn);
         }
+        if refused > 0 {
+            let (socket, limit) = if which == TOKEN_DEVICE {
+                ("device", self.cfg.max_connections)
+            } else {
+                ("control", MAX_CONTROL_CONNECTIONS)
+            };
+            tracing::warn!(
+                socket,
+                limit,
+                refused,
+                "connection limit reached; clients refused"
+            );
+        }
     }
 
     /// Watch a new handle. On failure the handle is dropped (closed).
@@ -363,6 +387,9 @@ impl Daemon {
             epoll::EventFlags::IN,
         )?;
         self.next_token += 1;
+        if matches!(conn, Conn::Control { .. }) {
+            self.control_conns += 1;
+        }
         self.conns.insert(token, conn);
         Ok(token)
     }
@@ -385,7 +412,7 @@ impl Daemon {
                 }
                 self.orch.release_session(id);
             }
-            Conn::Control { .. } => {}
+            Conn::Control { .. } => self.control_conns -= 1,
         }
     }
 

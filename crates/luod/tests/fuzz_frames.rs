@@ -109,7 +109,8 @@ fn random_frames_are_all_answered_and_leak_nothing() {
     let status = d.status();
     assert!(status.sessions.iter().any(|s| s.name == "fuzz"));
     drop((dev, session));
-    let good = luo::Device::open_at(&d.socket).expect("a well-behaved client is served");
+    let good = luo::Device::open_at_retrying(&d.socket, luo::BUSY_TIMEOUT)
+        .expect("a well-behaved client is served");
     drop(good);
     assert_eq!(d.idle_fd_count(), baseline);
 }

@@ -60,3 +60,34 @@ fn incoming_sessions_count_against_the_session_limit() {
     let _c = device.create_session("c").expect("the slot is free");
     assert_eq!(errno(device.create_session("d")), Errno::NOSPC);
 }
+
+/// `--max-connections` bounds device and session handles; a client past it is
+/// refused (its connection ends), and `luoctl` still gets through: the control
+/// socket has a limit of its own, so a flood of clients cannot lock the
+/// operator out.
+#[test]
+fn past_the_connection_limit_devices_are_refused_and_luoctl_still_answers() {
+    let d = Luod::start_with(&["--max-connections", "3", "--shared-device"], &[]);
+    let held: Vec<_> = (0..3).map(|_| d.luo()).collect();
+    for dev in &held {
+        assert_eq!(dev.state().expect("within the limit"), luo::State::Normal);
+    }
+    let refused = luo::Device::open_at(&d.socket);
+    assert!(refused.is_err(), "a fourth handle is refused");
+    assert_eq!(d.status().state, "normal", "luoctl gets through");
+    assert!(d.log().contains("connection limit reached"), "{}", d.log());
+    drop(held);
+    // The slots free up as the daemon sees the handles close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(dev) = luo::Device::open_at(&d.socket) {
+            assert_eq!(dev.state().expect("state"), luo::State::Normal);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slots never freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -156,7 +156,8 @@ fn restored_files_ride_the_next_update_too() {
     let tmp = s.restore(8).expect("restore");
     rustix::io::pwrite(&ram, b"epoch one!", 0).expect("write");
     s.set_event(Event::Finish).expect("finish");
-    luo::Device::open_at(&d.socket)
+    // The one-step helper's device handle closes asynchronously: wait for it.
+    luo::Device::open_at_retrying(&d.socket, luo::BUSY_TIMEOUT)
         .expect("dev")
         .set_event(Event::Finish)
         .expect("global finish");
@@ -466,7 +467,8 @@ fn a_new_image_that_fails_after_the_exec_hands_everything_back() {
     let s = luo::retrieve_session_at(&d.socket, "precious").expect("retrieve");
     assert_eq!(contents(&s.restore(1).expect("restore")), b"do not lose me");
     s.set_event(Event::Finish).expect("finish");
-    luo::Device::open_at(&d.socket)
+    // The one-step helper's device handle closes asynchronously: wait for it.
+    luo::Device::open_at_retrying(&d.socket, luo::BUSY_TIMEOUT)
         .expect("dev")
         .set_event(Event::Finish)
         .expect("global finish");

@@ -19,6 +19,8 @@ pub struct RecordingHandler {
     pub log: Mutex<Vec<Call>>,
     /// (op, k): the k-th call (0-based) of `op` from now on fails with EIO.
     pub fail: Mutex<Option<(&'static str, usize)>>,
+    /// What `freeze_is_local` answers (false: strict order, one thread).
+    pub local_freeze: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingHandler {
@@ -73,6 +75,9 @@ impl FileHandler for RecordingHandler {
     }
     fn freeze(&self, fd: BorrowedFd<'_>, _data: &mut Vec<u8>) -> Result<(), Errno> {
         self.record("freeze", fd)
+    }
+    fn freeze_is_local(&self) -> bool {
+        self.local_freeze.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn unfreeze(&self, fd: BorrowedFd<'_>, _data: &mut Vec<u8>) {
         let _ = self.record("unfreeze", fd);
