@@ -6,6 +6,9 @@ use clap::Parser;
 
 /// `luod`: serves LUO sessions over a unix socket and carries them across live
 /// updates by re-executing itself.
+/// `--max-connections` when not given.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "luod", version, about, long_about = None)]
 pub struct Config {
@@ -36,7 +39,7 @@ pub struct Config {
 
     /// Open device and session handles together (`luoctl` connections have a
     /// limit of their own, 256, so that the operator is never locked out).
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Dry run of a live update: decode the handover image on standard input,

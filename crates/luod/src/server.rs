@@ -127,6 +127,20 @@ pub struct Daemon {
     pub(crate) standby_tried: bool,
 }
 
+/// The daemon's own fds beyond its connections: listeners, epoll, the signal
+/// socket, a dry run's pipes, the log, and the fdinfo files luo-core keeps (64).
+const OWN_FDS: usize = 192;
+
+/// Preserved files a daemon allows in all (SPEC §9) when RLIMIT_NOFILE is
+/// `nofile`: what its connections (device and session handles, at most
+/// `max_connections` or half the fds; `luoctl`'s) and its own fds leave.
+#[must_use]
+pub fn files_total(nofile: usize, max_connections: usize) -> usize {
+    nofile
+        .saturating_sub(max_connections.min(nofile / 2) + MAX_CONTROL_CONNECTIONS + OWN_FDS)
+        .max(1)
+}
+
 /// Raise RLIMIT_NOFILE (SPEC §9): to the kernel's ceiling (`fs.nr_open`) when
 /// allowed to (root), else to the hard limit. Returns the limit in force.
 fn raise_nofile() -> usize {
@@ -160,14 +174,10 @@ impl Daemon {
     /// The limits from the configuration and RLIMIT_NOFILE: preserved files may
     /// use what connections and the daemon's own fds leave.
     pub(crate) fn limits(cfg: &Config) -> Limits {
-        let nofile = raise_nofile();
-        let files_total = nofile
-            .saturating_sub(cfg.max_connections.min(nofile / 2) + MAX_CONTROL_CONNECTIONS + 64)
-            .max(1);
         Limits {
             sessions_per_uid: cfg.max_sessions_per_uid,
             files_per_session: cfg.max_files_per_session,
-            files_total,
+            files_total: files_total(raise_nofile(), cfg.max_connections),
         }
     }
 

@@ -117,12 +117,11 @@ pub fn fd_limit() -> usize {
 }
 
 /// The most files luod, in its default configuration, lets this machine
-/// preserve under an fd limit of `limit`: it keeps `min(4096, limit / 2)` fds
-/// for connections and 64 for itself (`luod::server::Daemon::limits`).
-/// Rounded down to hundreds.
+/// preserve under an fd limit of `limit` ([`luod::server::files_total`]),
+/// rounded down to hundreds.
 #[must_use]
 pub fn carry_limit(limit: usize) -> usize {
-    limit.saturating_sub((limit / 2).min(4096) + 64) / 100 * 100
+    luod::server::files_total(limit, luod::config::DEFAULT_MAX_CONNECTIONS) / 100 * 100
 }
 
 /// A fresh eventfd, close-on-exec.
@@ -332,9 +331,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_20000_fd_limit_carries_15800_files() {
-        assert_eq!(carry_limit(20_000), 15_800);
-        assert_eq!(carry_limit(1 << 20), 1_044_400);
+    fn a_20000_fd_limit_carries_15400_files() {
+        assert_eq!(carry_limit(20_000), 15_400);
+        assert_eq!(carry_limit(1 << 20), 1_044_000);
         assert_eq!(carry_limit(100), 0);
     }
 
