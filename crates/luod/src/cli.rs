@@ -35,6 +35,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
     cfg.exec_prefix = exec_prefix;
     init_logging();
     if cfg.check_handover {
+        // Tells a daemon waiting for this child (see `update::keep_standby`)
+        // that its exec is complete, before the image is read.
+        println!("{}", crate::update::CHECK_STARTED);
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         return match crate::update::check_handover() {
             Ok((proof, bytes)) => {
                 println!("{proof}");

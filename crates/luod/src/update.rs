@@ -47,6 +47,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::chain;
 use crate::server::{Conn, Daemon};
 
+/// How long PREPARE waits for the standby dry run's child to start.
+const STANDBY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long the dry run may take.
 const DRY_RUN_TIMEOUT_MS: i64 = 30_000;
 /// `SCM_MAX_FD`: the most fds one message may carry.
@@ -62,6 +64,10 @@ const TRANSFER_MAGIC: [u8; 8] = *b"LUOXFER1";
 pub fn check_proof(epoch: u64, sessions: usize, files: usize) -> String {
     format!("luod-check-handover ok epoch={epoch} sessions={sessions} files={files}")
 }
+
+/// The line `luod --check-handover` prints first, once running: its exec (and
+/// the closing of every fd it inherited) is over.
+pub const CHECK_STARTED: &str = "luod-check-handover started";
 
 /// Testing knob: this build pretends to read only the named handover format, as
 /// a future binary that dropped the current one would.
@@ -267,7 +273,11 @@ pub(crate) fn keep_standby(d: &mut Daemon) {
     let file = exe_file(&exe);
     match DryRun::start(&exe, &d.cfg.exec_prefix) {
         Ok(dry_run) => {
-            tracing::debug!(exe = %exe.display(), "dry run started ahead of an update");
+            // Its exec closes its copy of every fd the daemon holds, which
+            // takes a while with many; wait for that here, in PREPARE, rather
+            // than have it compete with the update's freeze for the CPUs.
+            let started = dry_run.wait_started(STANDBY_START_TIMEOUT);
+            tracing::debug!(exe = %exe.display(), started, "dry run started ahead of an update");
             d.standby = Some(Standby { dry_run, exe, file });
         }
         // The update will start one itself, and say why it cannot.
@@ -473,6 +483,28 @@ impl DryRun {
                 let _ = child.wait();
                 Err(e.to_string())
             }
+        }
+    }
+
+    /// Wait until the child says it runs ([`CHECK_STARTED`]), has exited, or
+    /// `timeout` passes; whether it said so.
+    fn wait_started(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let said = rustix::fs::fstat(&self.output).map_or(0, |st| st.st_size);
+            if said > 0 {
+                return true;
+            }
+            let mut fds = [rustix::event::PollFd::new(
+                &self.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let exited = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default()))
+                .is_ok_and(|n| n > 0);
+            if exited || std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
         }
     }
 

@@ -566,7 +566,8 @@ fn wait_dry_runs(d: &Luod, want: usize, why: &str) {
 }
 
 /// PREPARE readies the update's dry run (a `--check-handover` child waiting for
-/// the image); CANCEL ends it; an update uses it and leaves no child behind.
+/// the image, its exec over before PREPARE answers); CANCEL ends it; an update
+/// uses it and leaves no child behind.
 #[test]
 fn the_dry_run_waits_from_prepare_and_goes_with_it() {
     let d = Luod::start();
@@ -576,6 +577,11 @@ fn the_dry_run_waits_from_prepare_and_goes_with_it() {
     wait_dry_runs(&d, 0, "NORMAL");
     d.prepare();
     wait_dry_runs(&d, 1, "PREPARED");
+    assert!(
+        d.log().contains("started=true"),
+        "PREPARE answered once the child ran:\n{}",
+        d.log()
+    );
     dev.set_event(Event::Cancel).expect("cancel");
     wait_dry_runs(&d, 0, "after CANCEL");
     d.prepare();
