@@ -77,14 +77,12 @@ fn is_memfd(file: &FileInfo<'_>) -> bool {
         && file.link().and_then(name_in_link).is_some()
 }
 
-/// [`MemfdData`] read in place, for the checks of a handover: the same
-/// encoding, without copying the name (the dry run and the resume check every
-/// file).
-#[derive(serde::Deserialize)]
-#[expect(
-    dead_code,
-    reason = "decoded to check the data; the values are not needed"
-)]
+/// [`MemfdData`] read and written in place: the same encoding, without
+/// copying the name. The handover's checks read every file this way, and the
+/// update's freeze rewrites every file's data this way with no allocation (on
+/// several threads at once, an allocation freed on another thread's heap
+/// contends for that heap's lock).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct MemfdDataRef<'a> {
     size: u64,
     seals: u32,
@@ -167,12 +165,20 @@ impl FileHandler for MemfdHandler {
         // Size and offset, the two things a restore depends on: two system
         // calls per file in the update's blackout. The seals stay as PREPARE
         // recorded them (seals are only ever added, and a restore needs none).
-        let mut now: MemfdData = decode(COMPATIBLE, data)?;
-        now.size = size_of(&rustix::fs::fstat(fd)?)?;
-        now.offset = rustix::fs::tell(fd)?;
-        now.frozen_size = Some(now.size);
-        *data = encode(COMPATIBLE, &now)?;
-        Ok(())
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let size = size_of(&rustix::fs::fstat(fd)?)?;
+        let offset = rustix::fs::tell(fd)?;
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut now: MemfdDataRef<'_> = decode(COMPATIBLE, data)?;
+            (now.size, now.offset, now.frozen_size) = (size, offset, Some(size));
+            scratch.clear();
+            postcard::to_io(&(COMPATIBLE, &now), &mut *scratch).map_err(|_| Errno::INVAL)?;
+            data.clear();
+            data.extend_from_slice(scratch);
+            Ok(())
+        })
     }
 
     fn unfreeze(&self, _fd: BorrowedFd<'_>, data: &mut Vec<u8>) {
