@@ -1,6 +1,7 @@
 //! The engine of luo: LUO's orchestrator, sessions and preserved files (SPEC
-//! §4–§7), with no sockets and no threads, so tests and fuzzers drive it directly
-//! and the daemon wraps it.
+//! §4–§7), with no sockets and no long-lived threads (a live update's freeze of
+//! many files runs on scoped threads, one per CPU), so tests and fuzzers drive
+//! it directly and the daemon wraps it.
 //!
 //! - [`orchestrator`]: the global state machine, the session table, the live
 //!   update's freeze, handover and restore (the kernel's `luo_core.c`).
