@@ -92,14 +92,9 @@ fn handle(d: &mut Daemon, token: u64, line: &[u8]) -> Option<ControlReply> {
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             ..ControlReply::ok()
         },
-        ControlRequest::Prepare => {
-            let prepared = d.orch.set_event(Event::Prepare as u32);
-            // Ready the update's dry run before answering (see keep_standby).
-            crate::update::keep_standby(d);
-            engine_reply(prepared)
-        }
-        ControlRequest::Cancel => engine_reply(d.orch.set_event(Event::Cancel as u32)),
-        ControlRequest::Finish => engine_reply(d.orch.set_event(Event::Finish as u32)),
+        ControlRequest::Prepare => engine_reply(d.global_event(Event::Prepare as u32)),
+        ControlRequest::Cancel => engine_reply(d.global_event(Event::Cancel as u32)),
+        ControlRequest::Finish => engine_reply(d.global_event(Event::Finish as u32)),
         ControlRequest::HandoverDump => {
             match d.started_from.as_deref().map(luo_core::Handover::decode) {
                 Some(Ok(image)) => ControlReply {

@@ -141,10 +141,7 @@ fn device(d: &mut Daemon, caller: Caller, req: Request) -> Response {
             s.state = d.orch.state() as u32;
             Response::ok(&s, size)
         }
-        DeviceRequest::SetEvent(s) => match d.orch.set_event(s.event).inspect(|()| {
-            // After a PREPARE, ready the update's dry run before answering.
-            crate::update::keep_standby(d);
-        }) {
+        DeviceRequest::SetEvent(s) => match d.global_event(s.event) {
             Ok(()) => Response::ok(&s, size),
             Err(e) => engine(&e),
         },

@@ -310,6 +310,15 @@ impl Daemon {
         }
     }
 
+    /// A global event, from `luoctl` or the device alike. The standby dry run
+    /// follows the new state before the caller answers: a PREPARE answers with
+    /// the next update's dry run ready (see `update::keep_standby`).
+    pub(crate) fn global_event(&mut self, raw_event: u32) -> luo_core::Result<()> {
+        let done = self.orch.set_event(raw_event);
+        crate::update::keep_standby(self);
+        done
+    }
+
     /// Check one batch of the files a live update carried; say so when the
     /// last one is done.
     fn settle(&mut self) {

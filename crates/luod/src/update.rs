@@ -253,9 +253,10 @@ fn exe_file(path: &Path) -> Option<(u64, u64, i64, i64)> {
 }
 
 /// Keep a [`Standby`] while the global state is PREPARED, and none otherwise.
-/// Cheap when nothing changes. A global PREPARE calls it before its reply, so
-/// starting the child is part of PREPARE, not of an update sent right after;
-/// the event loop calls it after every turn too.
+/// Cheap when nothing changes. Every global event calls it before its reply
+/// (`Daemon::global_event`), so starting the child is part of PREPARE, not of
+/// an update sent right after; the event loop calls it after every turn too,
+/// for the state changes an update makes.
 pub(crate) fn keep_standby(d: &mut Daemon) {
     let prepared = d.orch.state() == luo_core::State::Prepared;
     if !prepared {
@@ -495,16 +496,26 @@ impl DryRun {
             if said > 0 {
                 return true;
             }
-            let mut fds = [rustix::event::PollFd::new(
-                &self.pidfd,
-                rustix::event::PollFlags::IN,
-            )];
-            let exited = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default()))
-                .is_ok_and(|n| n > 0);
-            if exited || std::time::Instant::now() >= deadline {
+            if self.exited_within(&rustix::time::Timespec::default())
+                || std::time::Instant::now() >= deadline
+            {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
+    /// Whether the child exits within `timeout` (its pidfd turns readable).
+    fn exited_within(&self, timeout: &rustix::time::Timespec) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        loop {
+            match rustix::event::poll(&mut fds, Some(timeout)) {
+                Err(Errno::INTR) => {}
+                ready => return matches!(ready, Ok(n) if n > 0),
+            }
         }
     }
 
@@ -522,21 +533,11 @@ impl DryRun {
     /// Wait for the child and judge what it printed: it must exit 0 and print
     /// `proof`.
     fn finish(mut self, proof: &str) -> Result<(), String> {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.pidfd,
-            rustix::event::PollFlags::IN,
-        )];
         let timeout = rustix::time::Timespec {
             tv_sec: DRY_RUN_TIMEOUT_MS / 1000,
             tv_nsec: 0,
         };
-        let ready = loop {
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Err(Errno::INTR) => {}
-                other => break other,
-            }
-        };
-        if !matches!(ready, Ok(n) if n > 0) {
+        if !self.exited_within(&timeout) {
             return Err(format!("no answer within {} s", DRY_RUN_TIMEOUT_MS / 1000));
         }
         let status = self.child.wait().map_err(|e| e.to_string())?;
