@@ -81,17 +81,12 @@ fn anon_inode() -> Option<(u64, u64)> {
     })
 }
 
-/// The `*-id:` line of the file's fdinfo, or a fresh number no other file gets.
+/// The `*-id:` field of the file's fdinfo (`eventfd-id:`), or a fresh number no
+/// other file gets.
 fn anon_instance(file: &FileInfo<'_>) -> u64 {
     static UNIQUE: AtomicU64 = AtomicU64::new(1 << 63);
-    file.fdinfo()
-        .and_then(|info| {
-            // `eventfd-id:`, `inotify-id:`...: one character search per line.
-            info.lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(field, _)| field.ends_with("-id"))
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        })
+    file.fdinfo_read()
+        .and_then(|info| info.id)
         .map_or_else(|| UNIQUE.fetch_add(1, Ordering::Relaxed), |id| id + 1)
 }
 
@@ -105,7 +100,69 @@ pub struct FileInfo<'a> {
     stat: Stat,
     open: OnceCell<bool>,
     link: OnceCell<Option<String>>,
-    fdinfo: OnceCell<Option<String>>,
+    fdinfo: OnceCell<Option<Fdinfo>>,
+}
+
+/// Bytes of fdinfo kept. The whole fdinfo of every preservable anonymous-inode
+/// kind fits (eventfd, timerfd, signalfd and pidfd: 70 to 120 bytes); files
+/// whose fdinfo runs longer (epoll, inotify with many watches) are cut, and no
+/// handler takes them.
+const FDINFO_MAX: usize = 256;
+
+/// The fields every open file's fdinfo starts with; what follows is the file's own.
+const COMMON_FDINFO_FIELDS: [&[u8]; 4] = [b"pos", b"flags", b"mnt_id", b"ino"];
+
+/// An fdinfo as read, in place (no allocation per PRESERVE_FD), and what
+/// PRESERVE_FD wants from it, found in one pass when it is read.
+#[derive(Debug)]
+struct Fdinfo {
+    bytes: [u8; FDINFO_MAX],
+    len: usize,
+    /// Where the name of the first field past [`COMMON_FDINFO_FIELDS`] is.
+    own_field: Option<(usize, usize)>,
+    /// The value of the first `*-id` field that holds a number.
+    id: Option<u64>,
+}
+
+impl Fdinfo {
+    fn new(bytes: [u8; FDINFO_MAX], len: usize) -> Self {
+        let mut info = Fdinfo {
+            bytes,
+            len,
+            own_field: None,
+            id: None,
+        };
+        let mut start = 0;
+        for line in info.bytes[..len].split(|&b| b == b'\n') {
+            let at = start;
+            start += line.len() + 1;
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let name = &line[..colon];
+            if info.own_field.is_none() && !COMMON_FDINFO_FIELDS.contains(&name) {
+                info.own_field = Some((at, at + colon));
+            }
+            if info.id.is_none() && name.ends_with(b"-id") {
+                info.id = std::str::from_utf8(&line[colon + 1..])
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            }
+        }
+        info
+    }
+
+    /// The text; the kernel writes ASCII, so all of it in practice.
+    fn text(&self) -> &str {
+        let bytes = &self.bytes[..self.len];
+        std::str::from_utf8(bytes)
+            .unwrap_or_else(|e| std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default())
+    }
+
+    fn own_field(&self) -> Option<&str> {
+        let (from, to) = self.own_field?;
+        std::str::from_utf8(&self.bytes[from..to]).ok()
+    }
 }
 
 impl<'a> FileInfo<'a> {
@@ -165,18 +222,32 @@ impl<'a> FileInfo<'a> {
         anon_inode() == Some(key)
     }
 
-    /// Its `/proc/self/fdinfo` text: one `pread` of a kept fdinfo file when its
-    /// fd number was read before, else one `openat` relative to the directory
-    /// [`warm_up`] opened and one `pread`.
+    /// Its `/proc/self/fdinfo` text, at most its first 256 bytes (see
+    /// `FDINFO_MAX`): one `pread` of a kept fdinfo file when its fd number was
+    /// read before, else one `openat` relative to the directory [`warm_up`]
+    /// opened and one `pread`.
     #[must_use]
     pub fn fdinfo(&self) -> Option<&str> {
+        self.fdinfo_read().map(Fdinfo::text)
+    }
+
+    /// The name of its fdinfo's first field past those every open file shows
+    /// (`pos`, `flags`, `mnt_id`, `ino`): for an anonymous-inode file, what kind
+    /// it is (`eventfd-count`, `clockid`, `sigmask`, `Pid`, `tfd`...). `None`
+    /// when there is no such field, as for an `O_PATH` fd.
+    #[must_use]
+    pub fn fdinfo_own_field(&self) -> Option<&str> {
+        self.fdinfo_read().and_then(Fdinfo::own_field)
+    }
+
+    fn fdinfo_read(&self) -> Option<&Fdinfo> {
         self.fdinfo
             .get_or_init(|| {
-                let mut buf = [0u8; 1024];
-                let n = read_fdinfo(self.fd.as_raw_fd(), &mut buf)?;
-                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+                let mut bytes = [0u8; FDINFO_MAX];
+                let n = read_fdinfo(self.fd.as_raw_fd(), &mut bytes)?;
+                Some(Fdinfo::new(bytes, n))
             })
-            .as_deref()
+            .as_ref()
     }
 }
 
@@ -419,6 +490,38 @@ mod tests {
         let text = info.fdinfo().expect("fdinfo");
         assert!(!text.contains("eventfd"), "stale fdinfo: {text}");
         assert!(text.contains("ino:"), "{text}");
+    }
+
+    fn parsed(text: &str) -> Fdinfo {
+        let mut bytes = [0u8; FDINFO_MAX];
+        let len = text.len().min(FDINFO_MAX);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Fdinfo::new(bytes, len)
+    }
+
+    /// What PRESERVE_FD reads from an fdinfo, from texts as the kernel writes
+    /// them and from a few it does not.
+    #[test]
+    fn fdinfo_own_field_and_id() {
+        let eventfd = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+                       eventfd-count:                0\neventfd-id: 42\n";
+        let info = parsed(eventfd);
+        assert_eq!(info.own_field(), Some("eventfd-count"));
+        assert_eq!(info.id, Some(42));
+        assert_eq!(info.text(), eventfd);
+
+        // Older kernels print no ino; a timerfd has no id.
+        let timerfd = "pos:\t0\nflags:\t02\nmnt_id:\t17\nclockid: 1\nticks: 0\n";
+        let info = parsed(timerfd);
+        assert_eq!(info.own_field(), Some("clockid"));
+        assert_eq!(info.id, None);
+
+        // An O_PATH fd shows only the common fields; lines without a colon and
+        // an unparsable id are skipped; the last line needs no newline.
+        let info = parsed("pos:\t0\nflags:\t010000000\nmnt_id:\t3\nino:\t9");
+        assert_eq!((info.own_field(), info.id), (None, None));
+        let info = parsed("pos:\t0\nno colon here\nx-id: nope\ny-id:\t7");
+        assert_eq!((info.own_field(), info.id), (Some("x-id"), Some(7)));
     }
 
     /// Live eventfds are told apart however often their fdinfo is read.

@@ -25,9 +25,13 @@
 //! The orchestrator owns no sockets: callers name sessions by [`SessionId`] and say
 //! who they are with [`Caller`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+// foldhash: std's maps with a fast hasher, still seeded per process, so a
+// client that picks its tokens or files cannot aim at one bucket. SipHash was a
+// tenth of the daemon's instructions per PRESERVE_FD.
+use foldhash::{HashMap, HashSet};
 use luo_uapi::rfc_v4::{Event, State};
 
 use crate::error::{Error, Result};
@@ -176,10 +180,10 @@ impl Orchestrator {
             registry,
             limits,
             sessions: BTreeMap::new(),
-            names: HashMap::new(),
-            preserved: HashMap::new(),
+            names: HashMap::default(),
+            preserved: HashMap::default(),
             unsettled: BTreeSet::new(),
-            reserved: HashSet::new(),
+            reserved: HashSet::default(),
             next_id: 1,
         }
     }
@@ -245,11 +249,15 @@ impl Orchestrator {
     /// the preservation, close the daemon's reference.
     fn drop_files(&mut self, files: Vec<PreservedFile>) {
         for f in files.into_iter().rev() {
-            if let Some(key) = f.key {
-                self.preserved.remove(&key);
-            }
-            f.unpreserve();
+            self.drop_file(f);
         }
+    }
+
+    fn drop_file(&mut self, file: PreservedFile) {
+        if let Some(key) = file.key {
+            self.preserved.remove(&key);
+        }
+        file.unpreserve();
     }
 
     // ----- device commands -------------------------------------------------------
@@ -557,7 +565,7 @@ impl Orchestrator {
         }
         let idx = s.file_index(token).ok_or(Error::NoSuchToken(token))?;
         let file = s.files.remove(idx);
-        self.drop_files(vec![file]);
+        self.drop_file(file);
         Ok(())
     }
 

@@ -127,9 +127,9 @@ pub fn decode<T: Extensible>(bytes: &[u8]) -> Result<T, Errno> {
 
 /// Rule 6: the bytes copied back to a caller whose struct is `caller_size` long.
 #[must_use]
-pub fn reply_bytes<T: Extensible>(value: &T, caller_size: usize) -> Vec<u8> {
+pub fn reply_bytes<T: Extensible>(value: &T, caller_size: usize) -> &[u8] {
     let bytes = value.as_bytes();
-    bytes[..caller_size.min(bytes.len())].to_vec()
+    &bytes[..caller_size.min(bytes.len())]
 }
 
 #[cfg(test)]

@@ -152,25 +152,21 @@ fn assemble(header: &[u8], payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A request frame: header and payload.
-///
-/// Total: a payload above [`MAX_PAYLOAD`] is encoded as given and refused by the
-/// receiver; [`crate::send_request`] refuses it before sending.
+/// The header of a request frame carrying `payload`.
 #[must_use]
-pub fn encode_request(cmd: u32, payload: &[u8]) -> Vec<u8> {
-    let header = RequestHeader {
+pub fn request_header(cmd: u32, payload: &[u8]) -> RequestHeader {
+    RequestHeader {
         magic: REQUEST_MAGIC,
         cmd,
         len: wire_len(payload),
         reserved: 0,
-    };
-    assemble(header.as_bytes(), payload)
+    }
 }
 
-/// A reply frame: `result` becomes 0 or `-errno`.
+/// The header of a reply frame carrying `payload`: `result` becomes 0 or `-errno`.
 #[must_use]
-pub fn encode_reply(result: Result<(), Errno>, payload: &[u8]) -> Vec<u8> {
-    let header = ReplyHeader {
+pub fn reply_header(result: Result<(), Errno>, payload: &[u8]) -> ReplyHeader {
+    ReplyHeader {
         magic: REPLY_MAGIC,
         result: match result {
             Ok(()) => 0,
@@ -178,8 +174,22 @@ pub fn encode_reply(result: Result<(), Errno>, payload: &[u8]) -> Vec<u8> {
         },
         len: wire_len(payload),
         reserved: 0,
-    };
-    assemble(header.as_bytes(), payload)
+    }
+}
+
+/// A request frame: header and payload.
+///
+/// Total: a payload above [`MAX_PAYLOAD`] is encoded as given and refused by the
+/// receiver; [`crate::send_request`] refuses it before sending.
+#[must_use]
+pub fn encode_request(cmd: u32, payload: &[u8]) -> Vec<u8> {
+    assemble(request_header(cmd, payload).as_bytes(), payload)
+}
+
+/// A reply frame: `result` becomes 0 or `-errno`.
+#[must_use]
+pub fn encode_reply(result: Result<(), Errno>, payload: &[u8]) -> Vec<u8> {
+    assemble(reply_header(result, payload).as_bytes(), payload)
 }
 
 /// Shared checks after the magic: reserved word, then `len`.

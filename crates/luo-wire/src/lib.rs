@@ -61,12 +61,13 @@ pub mod socket;
 
 pub use frame::{
     FrameError, HEADER_SIZE, MAX_FRAME, MAX_PAYLOAD, REPLY_MAGIC, REQUEST_MAGIC, ReplyHeader,
-    RequestHeader, decode_reply, decode_request, encode_reply, encode_request, request_cmd,
+    RequestHeader, decode_reply, decode_request, encode_reply, encode_request, reply_header,
+    request_cmd, request_header,
 };
 pub use hello::{Abi, HELLO_CMD, Hello, PROTOCOL_VERSION};
 pub use socket::{
-    RecvError, Reply, Request, SendError, pass_credentials, peer_credentials, recv_reply,
-    recv_request, send_reply, send_request, socketpair_seqpacket,
+    RecvBuffer, RecvError, Reply, Request, SendError, pass_credentials, peer_credentials,
+    recv_reply, recv_request, send_reply, send_request, socketpair_seqpacket,
 };
 
 pub use luo_uapi::Errno;

@@ -30,9 +30,11 @@ use rustix::net::{
     sendmsg,
 };
 
+use zerocopy::IntoBytes;
+
 use crate::frame::{
-    FrameError, MAX_FRAME, MAX_PAYLOAD, decode_reply, decode_request, encode_reply, encode_request,
-    request_cmd,
+    FrameError, MAX_FRAME, MAX_PAYLOAD, decode_reply, decode_request, reply_header, request_cmd,
+    request_header,
 };
 
 /// Fds the control buffer has room for: enough that a frame with a few extra is
@@ -40,13 +42,13 @@ use crate::frame::{
 /// [`FrameError::ControlTruncated`].
 const MAX_FDS_RECEIVED: usize = 4;
 
-/// A received request.
+/// A received request, its payload still in the [`RecvBuffer`] it arrived in.
 #[derive(Debug)]
-pub struct Request {
+pub struct Request<'a> {
     /// The full ioctl value, or [`crate::HELLO_CMD`].
     pub cmd: u32,
     /// The caller's struct, at most [`MAX_PAYLOAD`] bytes.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
     /// The fd that came with the request, close-on-exec. A command that takes none
     /// answers EINVAL and drops it.
     pub fd: Option<OwnedFd>,
@@ -150,7 +152,7 @@ pub fn send_request(
     fd: Option<BorrowedFd<'_>>,
 ) -> Result<(), SendError> {
     check_payload(payload)?;
-    send_frame(sock, &encode_request(cmd, payload), fd)
+    send_frame(sock, request_header(cmd, payload).as_bytes(), payload, fd)
 }
 
 /// Sends a reply: `result` travels as 0 or `-errno`, `fd` as `SCM_RIGHTS` if given.
@@ -164,29 +166,54 @@ pub fn send_reply(
     fd: Option<BorrowedFd<'_>>,
 ) -> Result<(), SendError> {
     check_payload(payload)?;
-    send_frame(sock, &encode_reply(result, payload), fd)
+    send_frame(sock, reply_header(result, payload).as_bytes(), payload, fd)
 }
 
-/// Receives one request; `Ok(None)` when the peer has closed the connection.
+/// Room for one datagram: a whole frame, and one byte more, so that a longer
+/// datagram is told apart (and refused) rather than read as a frame. A server
+/// keeps one and receives every request into it.
+#[derive(Debug)]
+pub struct RecvBuffer(Box<[u8]>);
+
+impl RecvBuffer {
+    /// A zeroed buffer of `MAX_FRAME + 1` bytes.
+    #[must_use]
+    pub fn new() -> Self {
+        RecvBuffer(vec![0; MAX_FRAME + 1].into_boxed_slice())
+    }
+}
+
+impl Default for RecvBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Receives one request into `buf`; `Ok(None)` when the peer has closed the
+/// connection. The request's payload borrows `buf`: nothing is allocated.
 ///
 /// # Errors
 /// - EAGAIN ([`RecvError::WouldBlock`]).
 /// - EINVAL ([`RecvError::Malformed`], with the `cmd` when the magic was right): any
 ///   [`FrameError`]. Answer it and keep reading.
 /// - Another `recvmsg` errno ([`RecvError::Io`]).
-pub fn recv_request(sock: BorrowedFd<'_>) -> Result<Option<Request>, RecvError> {
-    let Some(datagram) = recv_datagram(sock)? else {
+pub fn recv_request<'b>(
+    sock: BorrowedFd<'_>,
+    buf: &'b mut RecvBuffer,
+) -> Result<Option<Request<'b>>, RecvError> {
+    let Some(datagram) = recv_datagram(sock, &mut buf.0)? else {
         return Ok(None);
     };
+    let bytes = &buf.0[..datagram.len];
     let malformed = |error| RecvError::Malformed {
         error,
-        cmd: request_cmd(&datagram.bytes),
+        cmd: request_cmd(bytes),
     };
     let fd = datagram.fd.map_err(malformed)?;
-    let (cmd, payload) = decode_request(&datagram.bytes).map_err(malformed)?;
+    let (cmd, payload) = decode_request(bytes).map_err(malformed)?;
     Ok(Some(Request {
         cmd,
-        payload: payload.to_vec(),
+        payload,
         fd,
         creds: datagram.creds,
     }))
@@ -198,14 +225,22 @@ pub fn recv_request(sock: BorrowedFd<'_>) -> Result<Option<Request>, RecvError> 
 /// As [`recv_request`], plus ECONNRESET ([`RecvError::Closed`]) when the peer has
 /// closed the connection.
 pub fn recv_reply(sock: BorrowedFd<'_>) -> Result<Reply, RecvError> {
-    let datagram = recv_datagram(sock)?.ok_or(RecvError::Closed)?;
-    let malformed = |error| RecvError::Malformed { error, cmd: None };
-    let fd = datagram.fd.map_err(malformed)?;
-    let (result, payload) = decode_reply(&datagram.bytes).map_err(malformed)?;
-    Ok(Reply {
-        result,
-        payload: payload.to_vec(),
-        fd,
+    // One receive buffer per thread: a fresh zeroed 4 KiB per reply was a
+    // measurable share of a client's time.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<RecvBuffer> = std::cell::RefCell::new(RecvBuffer::new());
+    }
+    BUFFER.with(|b| {
+        let buf = &mut b.borrow_mut().0;
+        let datagram = recv_datagram(sock, buf)?.ok_or(RecvError::Closed)?;
+        let malformed = |error| RecvError::Malformed { error, cmd: None };
+        let fd = datagram.fd.map_err(malformed)?;
+        let (result, payload) = decode_reply(&buf[..datagram.len]).map_err(malformed)?;
+        Ok(Reply {
+            result,
+            payload: payload.to_vec(),
+            fd,
+        })
     })
 }
 
@@ -243,11 +278,13 @@ fn check_payload(payload: &[u8]) -> Result<(), SendError> {
 
 fn send_frame(
     sock: BorrowedFd<'_>,
-    frame: &[u8],
+    header: &[u8],
+    payload: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> Result<(), SendError> {
     let fds = fd.as_slice();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let len = header.len() + payload.len();
     loop {
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -256,11 +293,11 @@ fn send_frame(
         }
         match sendmsg(
             sock,
-            &[IoSlice::new(frame)],
+            &[IoSlice::new(header), IoSlice::new(payload)],
             &mut control,
             SendFlags::NOSIGNAL,
         ) {
-            Ok(sent) if sent == frame.len() => return Ok(()),
+            Ok(sent) if sent == len => return Ok(()),
             // Seqpacket sends are atomic; a short count means this is not one.
             Ok(_) => return Err(SendError::Io(Errno::MSGSIZE)),
             Err(Errno::INTR) => continue,
@@ -271,10 +308,10 @@ fn send_frame(
     }
 }
 
-/// One datagram as received, before its bytes are decoded.
+/// One datagram as received into a buffer, before its bytes are decoded.
 struct Datagram {
-    /// The bytes, at most `MAX_FRAME + 1` of them.
-    bytes: Vec<u8>,
+    /// Bytes at the start of the buffer, at most `MAX_FRAME + 1`.
+    len: usize,
     /// Its fd, or why the datagram is refused whatever its bytes say (truncation, fd
     /// count); in that case every fd has already been closed.
     fd: Result<Option<OwnedFd>, FrameError>,
@@ -282,20 +319,9 @@ struct Datagram {
     creds: Option<UCred>,
 }
 
-/// `Ok(None)` at end of file.
-fn recv_datagram(sock: BorrowedFd<'_>) -> Result<Option<Datagram>, RecvError> {
-    // One receive buffer per thread: a fresh zeroed 4 KiB per request was a
-    // measurable share of the daemon's time and of its heap fragmentation.
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_FRAME + 1]);
-    }
-    BUFFER.with(|b| recv_datagram_into(sock, &mut b.borrow_mut()))
-}
-
-fn recv_datagram_into(
-    sock: BorrowedFd<'_>,
-    bytes: &mut [u8],
-) -> Result<Option<Datagram>, RecvError> {
+/// Receive one datagram into `bytes` (`MAX_FRAME + 1` long); `Ok(None)` at end of
+/// file.
+fn recv_datagram(sock: BorrowedFd<'_>, bytes: &mut [u8]) -> Result<Option<Datagram>, RecvError> {
     let mut space = [MaybeUninit::<u8>::uninit();
         rustix::cmsg_space!(ScmRights(MAX_FDS_RECEIVED), ScmCredentials(1))];
     loop {
@@ -313,11 +339,18 @@ fn recv_datagram_into(
             Err(Errno::CONNRESET) => return Ok(None),
             Err(e) => return Err(RecvError::Io(e)),
         };
-        let mut fds: Vec<OwnedFd> = Vec::new();
+        // The first fd is kept; any more are counted and closed here.
+        let mut fd = None;
+        let mut fds = 0usize;
         let mut creds = None;
         for message in control.drain() {
             match message {
-                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+                RecvAncillaryMessage::ScmRights(received) => {
+                    for f in received {
+                        fds += 1;
+                        fd.get_or_insert(f);
+                    }
+                }
                 RecvAncillaryMessage::ScmCredentials(c) => creds = Some(c),
                 _ => {}
             }
@@ -328,16 +361,14 @@ fn recv_datagram_into(
         let fd = if msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_FRAME {
             Err(FrameError::Truncated { len: msg.bytes })
         } else if msg.flags.contains(ReturnFlags::CTRUNC) {
-            Err(FrameError::ControlTruncated {
-                received: fds.len(),
-            })
-        } else if fds.len() > 1 {
-            Err(FrameError::TooManyFds { count: fds.len() })
+            Err(FrameError::ControlTruncated { received: fds })
+        } else if fds > 1 {
+            Err(FrameError::TooManyFds { count: fds })
         } else {
-            Ok(fds.pop())
+            Ok(fd)
         };
-        let bytes = bytes[..msg.bytes.min(MAX_FRAME + 1)].to_vec();
-        return Ok(Some(Datagram { bytes, fd, creds }));
+        let len = msg.bytes.min(bytes.len());
+        return Ok(Some(Datagram { len, fd, creds }));
     }
 }
 

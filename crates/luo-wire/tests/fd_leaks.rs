@@ -8,7 +8,9 @@ mod raw_peer;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
-use luo_wire::{FrameError, RecvError, encode_request, recv_request, socketpair_seqpacket};
+use luo_wire::{
+    FrameError, RecvBuffer, RecvError, encode_request, recv_request, socketpair_seqpacket,
+};
 use raw_peer::{borrow_all, pipes, send_with_fds, writer_closed};
 
 static FD_TABLE: Mutex<()> = Mutex::new(());
@@ -31,8 +33,9 @@ fn refused_frame_leaks_nothing(n: usize) -> FrameError {
         &borrow_all(&writers),
     );
     drop(writers);
+    let mut rx = RecvBuffer::new();
     let before = open_fds();
-    let error = match recv_request(daemon.as_fd()) {
+    let error = match recv_request(daemon.as_fd(), &mut rx) {
         Err(RecvError::Malformed { error, .. }) => error,
         other => panic!("expected a malformed frame, got {other:?}"),
     };
@@ -76,8 +79,11 @@ fn dropped_request_closes_its_fd() {
         &borrow_all(&writers),
     );
     drop(writers);
+    let mut rx = RecvBuffer::new();
     let before = open_fds();
-    let request = recv_request(daemon.as_fd()).expect("recv").expect("frame");
+    let request = recv_request(daemon.as_fd(), &mut rx)
+        .expect("recv")
+        .expect("frame");
     assert!(request.fd.is_some());
     assert_eq!(open_fds(), before + 1);
     drop(request);

@@ -2,12 +2,12 @@
 
 mod raw_peer;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use luo_wire::{
-    Abi, Errno, FrameError, HELLO_CMD, Hello, MAX_PAYLOAD, REPLY_MAGIC, REQUEST_MAGIC, RecvError,
-    ReplyHeader, RequestHeader, SendError, encode_reply, encode_request, peer_credentials,
-    recv_reply, recv_request, send_reply, send_request, socketpair_seqpacket,
+    Abi, Errno, FrameError, HELLO_CMD, Hello, MAX_PAYLOAD, REPLY_MAGIC, REQUEST_MAGIC, RecvBuffer,
+    RecvError, ReplyHeader, RequestHeader, SendError, encode_reply, encode_request,
+    peer_credentials, recv_reply, send_reply, send_request, socketpair_seqpacket,
 };
 use raw_peer::{borrow_all, pipes, send_raw, send_with_fds, writer_closed};
 use rustix::io::FdFlags;
@@ -38,6 +38,27 @@ fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
         rustix::fs::fstat(b).expect("fstat"),
     );
     (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+/// A received request with its payload copied out of the receive buffer.
+#[derive(Debug)]
+struct Received {
+    cmd: u32,
+    payload: Vec<u8>,
+    fd: Option<OwnedFd>,
+    creds: Option<luo_wire::UCred>,
+}
+
+/// `luo_wire::recv_request` into a fresh buffer.
+fn recv_request(sock: BorrowedFd<'_>) -> Result<Option<Received>, RecvError> {
+    let mut buf = RecvBuffer::new();
+    let req = luo_wire::recv_request(sock, &mut buf)?;
+    Ok(req.map(|r| Received {
+        cmd: r.cmd,
+        payload: r.payload.to_vec(),
+        fd: r.fd,
+        creds: r.creds,
+    }))
 }
 
 fn is_cloexec(fd: &OwnedFd) -> bool {

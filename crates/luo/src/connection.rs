@@ -203,8 +203,9 @@ mod tests {
         + 'static,
     ) -> thread::JoinHandle<()> {
         thread::spawn(move || {
-            while let Ok(Some(req)) = luo_wire::recv_request(peer.as_fd()) {
-                let (result, payload, fd) = answer(req.cmd, &req.payload);
+            let mut rx = luo_wire::RecvBuffer::new();
+            while let Ok(Some(req)) = luo_wire::recv_request(peer.as_fd(), &mut rx) {
+                let (result, payload, fd) = answer(req.cmd, req.payload);
                 if luo_wire::send_reply(
                     peer.as_fd(),
                     result,
@@ -257,7 +258,7 @@ mod tests {
     fn a_peer_closing_before_replying_is_stale() {
         let (ours, theirs) = socketpair_seqpacket().expect("socketpair");
         let server = thread::spawn(move || {
-            let _ = luo_wire::recv_request(theirs.as_fd());
+            let _ = luo_wire::recv_request(theirs.as_fd(), &mut luo_wire::RecvBuffer::new());
         });
         let conn = Connection::new(ours);
         let e = conn

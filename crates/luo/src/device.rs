@@ -413,9 +413,10 @@ mod tests {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
                 let answer = hello(n);
                 thread::spawn(move || {
-                    while let Ok(Some(req)) = luo_wire::recv_request(conn.as_fd()) {
+                    let mut rx = luo_wire::RecvBuffer::new();
+                    while let Ok(Some(req)) = luo_wire::recv_request(conn.as_fd(), &mut rx) {
                         let result = if req.cmd == HELLO_CMD { answer } else { Ok(()) };
-                        let _ = luo_wire::send_reply(conn.as_fd(), result, &req.payload, None);
+                        let _ = luo_wire::send_reply(conn.as_fd(), result, req.payload, None);
                     }
                 });
             }

@@ -373,8 +373,9 @@ mod tests {
     fn fake_session() -> (Session, thread::JoinHandle<()>) {
         let (ours, theirs) = socketpair_seqpacket().expect("socketpair");
         let server = thread::spawn(move || {
-            while let Ok(Some(req)) = luo_wire::recv_request(theirs.as_fd()) {
-                let mut payload = req.payload.clone();
+            let mut rx = luo_wire::RecvBuffer::new();
+            while let Ok(Some(req)) = luo_wire::recv_request(theirs.as_fd(), &mut rx) {
+                let mut payload = req.payload.to_vec();
                 let mut fd = None;
                 let result = match req.cmd {
                     LIVEUPDATE_SESSION_PRESERVE_FD if req.fd.is_none() => Err(Errno::BADF),

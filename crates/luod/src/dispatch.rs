@@ -17,26 +17,47 @@ use rustix::io::Errno;
 
 use crate::server::{Conn, Daemon};
 
+/// The largest struct a reply copies back: CREATE_SESSION's and
+/// RETRIEVE_SESSION's (`Response::ok` checks each at compile time).
+const REPLY_MAX: usize = 72;
+
 /// What goes back: the result, the struct as copied back, and maybe an fd.
+/// The struct is kept in place: a reply allocates nothing.
 struct Response {
     result: Result<(), Errno>,
-    payload: Vec<u8>,
+    /// The struct as copied back is `payload[..len]`.
+    payload: [u8; REPLY_MAX],
+    len: usize,
     fd: Option<OwnedFd>,
 }
 
 impl Response {
-    fn err(errno: Errno) -> Self {
+    /// Success with nothing copied back.
+    fn empty() -> Self {
         Response {
-            result: Err(errno),
-            payload: Vec::new(),
+            result: Ok(()),
+            payload: [0; REPLY_MAX],
+            len: 0,
             fd: None,
         }
     }
 
+    fn err(errno: Errno) -> Self {
+        Response {
+            result: Err(errno),
+            ..Response::empty()
+        }
+    }
+
     fn ok<T: Extensible>(value: &T, caller_size: usize) -> Self {
+        const { assert!(size_of::<T>() <= REPLY_MAX) };
+        let bytes = reply_bytes(value, caller_size);
+        let mut payload = [0; REPLY_MAX];
+        payload[..bytes.len()].copy_from_slice(bytes);
         Response {
             result: Ok(()),
-            payload: reply_bytes(value, caller_size),
+            payload,
+            len: bytes.len(),
             fd: None,
         }
     }
@@ -90,7 +111,7 @@ fn reply(d: &Daemon, token: u64, r: Response) -> bool {
         return false;
     };
     let fd = r.fd.as_ref().map(AsFd::as_fd);
-    match luo_wire::send_reply(conn.fd().as_fd(), r.result, &r.payload, fd) {
+    match luo_wire::send_reply(conn.fd().as_fd(), r.result, &r.payload[..r.len], fd) {
         Ok(()) => true,
         Err(e) => {
             // A client that does not read its replies is disconnected.
@@ -104,7 +125,7 @@ fn hello(d: &mut Daemon, token: u64, req: &Request) -> (Response, bool) {
     if req.cmd != HELLO_CMD || req.fd.is_some() {
         return (Response::err(Errno::INVAL), true);
     }
-    match Hello::check(&req.payload) {
+    match Hello::check(req.payload) {
         Ok(Abi::RfcV4) => {}
         Ok(Abi::Mainline) => return (Response::err(Errno::PROTONOSUPPORT), true),
         Err(e) => return (Response::err(e), true),
@@ -117,14 +138,7 @@ fn hello(d: &mut Daemon, token: u64, req: &Request) -> (Response, bool) {
         *hello = true;
         d.device_holders += 1;
     }
-    (
-        Response {
-            result: Ok(()),
-            payload: Vec::new(),
-            fd: None,
-        },
-        true,
-    )
+    (Response::empty(), true)
 }
 
 fn device(d: &mut Daemon, caller: Caller, req: Request) -> Response {
@@ -132,7 +146,7 @@ fn device(d: &mut Daemon, caller: Caller, req: Request) -> Response {
         return Response::err(Errno::INVAL);
     }
     let size = req.payload.len();
-    let request = match DeviceRequest::decode(req.cmd, &req.payload) {
+    let request = match DeviceRequest::decode(req.cmd, req.payload) {
         Ok(r) => r,
         Err(e) => return Response::err(e),
     };
@@ -215,7 +229,7 @@ fn open_session_handle(d: &mut Daemon, id: SessionId) -> Result<OwnedFd, Errno> 
 
 fn session(d: &mut Daemon, id: SessionId, caller: Caller, req: Request) -> Response {
     let size = req.payload.len();
-    let request = match SessionRequest::decode(req.cmd, &req.payload) {
+    let request = match SessionRequest::decode(req.cmd, req.payload) {
         Ok(r) => r,
         Err(e) => return Response::err(e),
     };

@@ -13,7 +13,6 @@
 //! A peer that misbehaves (malformed frames, unread replies, garbage JSON) gets an
 //! errno or is disconnected; it never stops the loop and never costs an fd.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -106,7 +105,7 @@ pub struct Daemon {
     pub(crate) device_listener: OwnedFd,
     pub(crate) control_listener: OwnedFd,
     signals: OwnedFd,
-    pub(crate) conns: HashMap<u64, Conn>,
+    pub(crate) conns: foldhash::HashMap<u64, Conn>,
     /// How many of `conns` are `luoctl` connections.
     control_conns: usize,
     next_token: u64,
@@ -125,6 +124,8 @@ pub struct Daemon {
     pub(crate) standby: Option<crate::update::Standby>,
     /// A standby was started (or tried) since the state became PREPARED.
     pub(crate) standby_tried: bool,
+    /// Where every request is received; lent out while one is served.
+    rx: Option<luo_wire::RecvBuffer>,
 }
 
 /// The daemon's own fds beyond its connections: listeners, epoll, the signal
@@ -237,7 +238,7 @@ impl Daemon {
             device_listener,
             control_listener,
             signals,
-            conns: HashMap::new(),
+            conns: foldhash::HashMap::default(),
             control_conns: 0,
             next_token: FIRST_CONN,
             device_holders: 0,
@@ -248,6 +249,7 @@ impl Daemon {
             pending_report,
             standby: None,
             standby_tried: false,
+            rx: Some(luo_wire::RecvBuffer::new()),
         })
     }
 
@@ -441,38 +443,45 @@ impl Daemon {
             crate::control::ready(self, token, flags);
             return;
         }
+        let mut rx = self.rx.take().unwrap_or_default();
         for _ in 0..BURST {
-            let Some(conn) = self.conns.get(&token) else {
-                return;
-            };
-            match luo_wire::recv_request(conn.fd().as_fd()) {
-                Ok(Some(req)) => {
-                    if !crate::dispatch::serve(self, token, req) {
-                        self.close_conn(token);
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    self.close_conn(token);
-                    return;
-                }
-                Err(luo_wire::RecvError::WouldBlock) => return,
-                Err(luo_wire::RecvError::Malformed { error, cmd }) => {
-                    tracing::debug!(%error, ?cmd, "malformed frame");
-                    let sent =
-                        luo_wire::send_reply(conn.fd().as_fd(), Err(error.errno()), &[], None);
-                    if sent.is_err() {
-                        self.close_conn(token);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "handle failed; closing it");
-                    self.close_conn(token);
-                    return;
-                }
+            if !self.serve_one(token, &mut rx) {
+                break;
             }
         }
+        self.rx = Some(rx);
+    }
+
+    /// Receive and answer one request on device or session handle `token`.
+    /// False when there is nothing more to read from it now: nothing queued, or
+    /// the handle is closed.
+    fn serve_one(&mut self, token: u64, rx: &mut luo_wire::RecvBuffer) -> bool {
+        let Some(conn) = self.conns.get(&token) else {
+            return false;
+        };
+        match luo_wire::recv_request(conn.fd().as_fd(), rx) {
+            Ok(Some(req)) => {
+                if crate::dispatch::serve(self, token, req) {
+                    return true;
+                }
+                self.close_conn(token);
+            }
+            Ok(None) => self.close_conn(token),
+            Err(luo_wire::RecvError::WouldBlock) => {}
+            Err(luo_wire::RecvError::Malformed { error, cmd }) => {
+                tracing::debug!(%error, ?cmd, "malformed frame");
+                let sent = luo_wire::send_reply(conn.fd().as_fd(), Err(error.errno()), &[], None);
+                if sent.is_ok() {
+                    return true;
+                }
+                self.close_conn(token);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "handle failed; closing it");
+                self.close_conn(token);
+            }
+        }
+        false
     }
 }
 

@@ -67,7 +67,7 @@ impl Kind {
     /// file has no `show_fdinfo`), so the fdinfo also rules those out.
     fn of_info(file: &FileInfo<'_>) -> Option<Self> {
         if file.is_anon_inode() {
-            return Kind::from_fdinfo(file.fdinfo()?);
+            return Kind::from_fdinfo_field(file.fdinfo_own_field()?);
         }
         if !file.is_open() {
             return None;
@@ -75,15 +75,16 @@ impl Kind {
         Kind::from_link(file.link()?)
     }
 
-    /// The kind an fdinfo text describes: each kind has a field of its own.
-    fn from_fdinfo(info: &str) -> Option<Self> {
-        info.lines().find_map(|l| match l.split_once(':')?.0 {
+    /// The kind whose fdinfo's first own field is `field`: each kind starts
+    /// its part of the fdinfo with a field of its own.
+    fn from_fdinfo_field(field: &str) -> Option<Self> {
+        match field {
             "eventfd-count" => Some(Kind::Eventfd),
             "clockid" => Some(Kind::Timerfd),
             "sigmask" => Some(Kind::Signalfd),
             "Pid" => Some(Kind::Pidfd),
             _ => None,
-        })
+        }
     }
 
     fn as_str(self) -> &'static str {
@@ -234,19 +235,29 @@ mod tests {
         let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
         let tfd =
             timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC).expect("timerfd");
-        for fd in [efd.as_fd(), tfd.as_fd()] {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::getpid(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd");
+        for fd in [efd.as_fd(), tfd.as_fd(), pidfd.as_fd()] {
             let info = FileInfo::new(fd).expect("info");
-            assert!(info.is_anon_inode());
+            let link = Kind::of(fd);
+            assert!(link.is_some());
             assert_eq!(
-                Kind::from_fdinfo(info.fdinfo().expect("fdinfo")),
-                Kind::of(fd)
+                info.fdinfo_own_field().and_then(Kind::from_fdinfo_field),
+                link,
+                "{:?}",
+                info.fdinfo()
             );
         }
-        assert_eq!(
-            Kind::from_fdinfo("pos:\t0\nflags:\t02\ntfd: 5 events: 19"),
-            None,
-            "epoll"
-        );
+        // An epoll file is on the anonymous inode too, and no handler takes it.
+        let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
+            .expect("epoll");
+        let info = FileInfo::new(epoll.as_fd()).expect("info");
+        assert!(info.is_anon_inode());
+        assert_eq!(Kind::of_info(&info), None);
+        assert!(!EventfdHandler.can_preserve(&info));
     }
 
     #[test]
