@@ -109,16 +109,14 @@ pub struct FileInfo<'a> {
 /// handler takes them.
 const FDINFO_MAX: usize = 256;
 
-/// The fields every open file's fdinfo starts with; what follows is the file's own.
-const COMMON_FDINFO_FIELDS: [&[u8]; 4] = [b"pos", b"flags", b"mnt_id", b"ino"];
-
 /// An fdinfo as read, in place (no allocation per PRESERVE_FD), and what
 /// PRESERVE_FD wants from it, found in one pass when it is read.
 #[derive(Debug)]
 struct Fdinfo {
     bytes: [u8; FDINFO_MAX],
     len: usize,
-    /// Where the name of the first field past [`COMMON_FDINFO_FIELDS`] is.
+    /// Where the name of the first field past those every open file's fdinfo
+    /// starts with (`pos`, `flags`, `mnt_id`, `ino`) is: the file's own part.
     own_field: Option<(usize, usize)>,
     /// The value of the first `*-id` field that holds a number.
     id: Option<u64>,
@@ -132,22 +130,27 @@ impl Fdinfo {
             own_field: None,
             id: None,
         };
-        let mut start = 0;
-        for line in info.bytes[..len].split(|&b| b == b'\n') {
-            let at = start;
-            start += line.len() + 1;
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let name = &line[..colon];
-            if info.own_field.is_none() && !COMMON_FDINFO_FIELDS.contains(&name) {
-                info.own_field = Some((at, at + colon));
+        let text = &info.bytes[..len];
+        let mut at = 0;
+        while at < len {
+            let end = text[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(len, |n| at + n);
+            let line = &text[at..end];
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let name = &line[..colon];
+                let common = matches!(name, b"pos" | b"flags" | b"mnt_id" | b"ino");
+                if info.own_field.is_none() && !common {
+                    info.own_field = Some((at, at + colon));
+                }
+                if info.id.is_none() && name.ends_with(b"-id") {
+                    info.id = std::str::from_utf8(&line[colon + 1..])
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok());
+                }
             }
-            if info.id.is_none() && name.ends_with(b"-id") {
-                info.id = std::str::from_utf8(&line[colon + 1..])
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
-            }
+            at = end + 1;
         }
         info
     }
