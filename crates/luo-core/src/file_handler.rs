@@ -100,7 +100,7 @@ pub struct FileInfo<'a> {
     stat: Stat,
     open: OnceCell<bool>,
     link: OnceCell<Option<String>>,
-    fdinfo: OnceCell<Option<Fdinfo>>,
+    fdinfo: OnceCell<Option<Box<Fdinfo>>>,
 }
 
 /// Bytes of fdinfo kept. The whole fdinfo of every preservable anonymous-inode
@@ -109,8 +109,9 @@ pub struct FileInfo<'a> {
 /// handler takes them.
 const FDINFO_MAX: usize = 256;
 
-/// An fdinfo as read, in place (no allocation per PRESERVE_FD), and what
-/// PRESERVE_FD wants from it, found in one pass when it is read.
+/// An fdinfo as read, and what PRESERVE_FD wants from it, found in one pass
+/// when it is read. Read into its place on the heap, and never moved: copying
+/// it around cost more than the allocation.
 #[derive(Debug)]
 struct Fdinfo {
     bytes: [u8; FDINFO_MAX],
@@ -123,14 +124,21 @@ struct Fdinfo {
 }
 
 impl Fdinfo {
-    fn new(bytes: [u8; FDINFO_MAX], len: usize) -> Self {
-        let mut info = Fdinfo {
-            bytes,
-            len,
+    /// Read the fdinfo of `fd`, open in this process.
+    fn read(fd: RawFd) -> Option<Box<Self>> {
+        let mut info = Box::new(Fdinfo {
+            bytes: [0; FDINFO_MAX],
+            len: 0,
             own_field: None,
             id: None,
-        };
-        let text = &info.bytes[..len];
+        });
+        info.len = read_fdinfo(fd, &mut info.bytes)?;
+        info.parse();
+        Some(info)
+    }
+
+    fn parse(&mut self) {
+        let (len, text) = (self.len, &self.bytes[..self.len]);
         let mut at = 0;
         while at < len {
             let end = text[at..]
@@ -141,18 +149,17 @@ impl Fdinfo {
             if let Some(colon) = line.iter().position(|&b| b == b':') {
                 let name = &line[..colon];
                 let common = matches!(name, b"pos" | b"flags" | b"mnt_id" | b"ino");
-                if info.own_field.is_none() && !common {
-                    info.own_field = Some((at, at + colon));
+                if self.own_field.is_none() && !common {
+                    self.own_field = Some((at, at + colon));
                 }
-                if info.id.is_none() && name.ends_with(b"-id") {
-                    info.id = std::str::from_utf8(&line[colon + 1..])
+                if self.id.is_none() && name.ends_with(b"-id") {
+                    self.id = std::str::from_utf8(&line[colon + 1..])
                         .ok()
                         .and_then(|v| v.trim().parse().ok());
                 }
             }
             at = end + 1;
         }
-        info
     }
 
     /// The text; the kernel writes ASCII, so all of it in practice.
@@ -245,12 +252,8 @@ impl<'a> FileInfo<'a> {
 
     fn fdinfo_read(&self) -> Option<&Fdinfo> {
         self.fdinfo
-            .get_or_init(|| {
-                let mut bytes = [0u8; FDINFO_MAX];
-                let n = read_fdinfo(self.fd.as_raw_fd(), &mut bytes)?;
-                Some(Fdinfo::new(bytes, n))
-            })
-            .as_ref()
+            .get_or_init(|| Fdinfo::read(self.fd.as_raw_fd()))
+            .as_deref()
     }
 }
 
@@ -496,10 +499,15 @@ mod tests {
     }
 
     fn parsed(text: &str) -> Fdinfo {
-        let mut bytes = [0u8; FDINFO_MAX];
-        let len = text.len().min(FDINFO_MAX);
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Fdinfo::new(bytes, len)
+        let mut info = Fdinfo {
+            bytes: [0; FDINFO_MAX],
+            len: text.len().min(FDINFO_MAX),
+            own_field: None,
+            id: None,
+        };
+        info.bytes[..info.len].copy_from_slice(&text.as_bytes()[..info.len]);
+        info.parse();
+        info
     }
 
     /// What PRESERVE_FD reads from an fdinfo, from texts as the kernel writes
