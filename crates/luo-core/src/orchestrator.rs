@@ -149,6 +149,13 @@ pub struct UpdateFreeze {
 /// Below this many files a live update freezes them on one thread.
 const PARALLEL_FREEZE_FILES: usize = 2048;
 
+/// CPUs this process may run on, asked once: std reads the cgroup's quota
+/// files to answer, which an update's blackout should not wait for.
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
 /// The engine: global state, sessions, and the index of preserved files.
 #[derive(Debug)]
 pub struct Orchestrator {
@@ -679,7 +686,7 @@ impl Orchestrator {
             .values()
             .filter(|s| s.state == State::Prepared)
             .flat_map(|s| &s.files);
-        std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+        cpus() > 1
             && files.clone().count() >= PARALLEL_FREEZE_FILES
             && files.all(|f| f.handler.freeze_is_local())
     }
@@ -695,25 +702,32 @@ impl Orchestrator {
             .filter(|s| s.state == State::Prepared)
             .flat_map(|s| s.files.iter_mut())
             .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let threads = cpus().min(4);
         let per_thread = files.len().div_ceil(threads).max(1);
+        // How many of `part` froze, and the error that stopped it.
+        let freeze_part = |part: &mut [&mut PreservedFile]| {
+            for (i, f) in part.iter_mut().enumerate() {
+                if let Err(e) = f.freeze() {
+                    return (i, Some(e));
+                }
+            }
+            (part.len(), None)
+        };
         let outcomes: Vec<(usize, Option<Error>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = files
-                .chunks_mut(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        for (i, f) in part.iter_mut().enumerate() {
-                            if let Err(e) = f.freeze() {
-                                return (i, Some(e));
-                            }
-                        }
-                        (part.len(), None)
-                    })
-                })
+            let mut parts = files.chunks_mut(per_thread);
+            // The first part on this thread, the others on one thread each.
+            let first = parts.next();
+            let workers: Vec<_> = parts
+                .map(|part| scope.spawn(move || freeze_part(part)))
                 .collect();
-            workers
+            first
+                .map(freeze_part)
                 .into_iter()
-                .map(|w| w.join().expect("a freeze thread panicked"))
+                .chain(
+                    workers
+                        .into_iter()
+                        .map(|w| w.join().expect("a freeze thread panicked")),
+                )
                 .collect()
         });
         if outcomes.iter().all(|(_, error)| error.is_none()) {

@@ -665,9 +665,9 @@ struct Transfer {
     files: Vec<OwnedFd>,
 }
 
-fn read_transfer() -> Result<Transfer, String> {
-    let stdin = std::io::stdin();
-    let sock = stdin.as_fd();
+/// The transfer's first message: its header and the fixed fds. The files
+/// follow on the same socket ([`receive_files`]).
+fn read_transfer_head(sock: BorrowedFd<'_>) -> Result<Transfer, String> {
     let mut buf = vec![0u8; 64 * 1024];
     let (n, fixed) = recv_fds(sock, &mut buf).map_err(|e| format!("first message: {e}"))?;
     let header: TransferHeader =
@@ -694,21 +694,6 @@ fn read_transfer() -> Result<Transfer, String> {
     let controls = (0..header.controls)
         .map(|_| next("control handle"))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut files = Vec::with_capacity(header.files as usize);
-    while (files.len() as u64) < header.files {
-        let (n, fds) = recv_fds(sock, &mut buf).map_err(|e| format!("files: {e}"))?;
-        let count = buf
-            .get(..4)
-            .filter(|_| n == 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        if count != Some(fds.len() as u32) || fds.is_empty() {
-            return Err(format!(
-                "file message with {} fds, says {count:?}",
-                fds.len()
-            ));
-        }
-        files.extend(fds);
-    }
     Ok(Transfer {
         header,
         image_fd,
@@ -717,8 +702,29 @@ fn read_transfer() -> Result<Transfer, String> {
         exe_fd,
         reply_to,
         controls,
-        files,
+        files: Vec::new(),
     })
+}
+
+/// The transfer's `count` files, in order, after its first message.
+fn receive_files(sock: BorrowedFd<'_>, count: u64) -> Result<Vec<OwnedFd>, String> {
+    let mut buf = [0u8; 64];
+    let mut files = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
+    while (files.len() as u64) < count {
+        let (n, fds) = recv_fds(sock, &mut buf).map_err(|e| format!("files: {e}"))?;
+        let said = buf
+            .get(..4)
+            .filter(|_| n == 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if said != Some(fds.len() as u32) || fds.is_empty() {
+            return Err(format!(
+                "file message with {} fds, says {said:?}",
+                fds.len()
+            ));
+        }
+        files.extend(fds);
+    }
+    Ok(files)
 }
 
 fn read_image(fd: BorrowedFd<'_>) -> Result<Vec<u8>, String> {
@@ -779,32 +785,46 @@ pub fn check_handover() -> Result<(String, Vec<u8>), String> {
 /// image does not load, re-exec the previous binary with the same transfer (this
 /// returns only if that fails too).
 pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resumed, ResumeError> {
-    let t = read_transfer().map_err(ResumeError::Transfer)?;
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| ResumeError::Transfer(format!("standard input: {e}")))?;
+    let mut t = read_transfer_head(stdin.as_fd()).map_err(ResumeError::Transfer)?;
+    // The files arrive on a thread of their own while this one reads and
+    // decodes the image: the two take about as long, and need not add up.
+    let count = t.header.files;
+    let receiver = std::thread::Builder::new()
+        .name("luod-receive".into())
+        .spawn(move || receive_files(stdin.as_fd(), count))
+        .map_err(|e| ResumeError::Transfer(format!("cannot start receiving: {e}")))?;
+    // Standard input was the transfer; from now on it is nothing.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    let bytes = read_image(t.image_fd.as_fd());
+    // Decoding checks the structure; from_handover checks that every file
+    // fits its handler, and leaves the per-fd checks for after the epoch
+    // serves (`Orchestrator::settle`). The image is read as a view borrowing
+    // `bytes`: each file's data is copied once, into the file it belongs to.
+    let image = bytes.as_deref().map_err(Clone::clone).and_then(|b| {
+        if std::env::var_os(FAIL_RESUME_ENV).is_some() {
+            return Err(format!("{FAIL_RESUME_ENV} is set"));
+        }
+        decode(b)
+    });
+    t.files = receiver
+        .join()
+        .map_err(|_| ResumeError::Transfer("the receiving thread panicked".into()))?
+        .map_err(ResumeError::Transfer)?;
     tracing::info!(
         files = t.files.len(),
         since_ms = ms_since(t.header.started_ns),
         "resume: transfer received"
     );
-    // Standard input was the transfer; from now on it is nothing.
-    if let Ok(null) = std::fs::File::open("/dev/null") {
-        let _ = rustix::stdio::dup2_stdin(&null);
-    }
-    let mut t = t;
-    let loaded = read_image(t.image_fd.as_fd()).and_then(|bytes| {
-        if std::env::var_os(FAIL_RESUME_ENV).is_some() {
-            return Err(format!("{FAIL_RESUME_ENV} is set"));
-        }
-        // Decoding checks the structure; from_handover checks that every file
-        // fits its handler, and leaves the per-fd checks for after the epoch
-        // serves (`Orchestrator::settle`).
-        // The image is read as a view borrowing `bytes`: each file's data is
-        // copied once, into the file it belongs to.
-        let image = decode(&bytes)?;
+    let loaded = image.and_then(|image| {
         let files = std::mem::take(&mut t.files);
-        let built = Orchestrator::from_handover_view(&image, files, registry.clone(), limits);
-        drop(image);
-        match built {
-            Ok(orch) => Ok((bytes, orch)),
+        match Orchestrator::from_handover_view(&image, files, registry.clone(), limits) {
+            Ok(orch) => Ok(orch),
             Err(failure) => {
                 // The fds come back untouched: the rollback carries them on.
                 t.files = failure.fds;
@@ -812,6 +832,10 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
             }
         }
     });
+    let loaded = match (loaded, bytes) {
+        (Ok(orch), Ok(bytes)) => Ok((bytes, orch)),
+        (Err(reason), _) | (Ok(_), Err(reason)) => Err(reason),
+    };
     match loaded {
         Ok((image, orch)) => {
             tracing::info!(

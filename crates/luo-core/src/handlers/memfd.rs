@@ -29,12 +29,15 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_uapi::Errno;
-use rustix::fs::{FileType, SeekFrom, Stat};
+use rustix::fs::{FileType, SealFlags, SeekFrom, Stat};
 
 use super::{decode, dup, encode, fd_link};
 use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "memfd-v1";
+
+/// Seals under which a memfd's size can never change.
+const SIZE_SEALS: SealFlags = SealFlags::GROW.union(SealFlags::SHRINK);
 
 /// The link target of every memfd starts with this, then the name it was given.
 const LINK_PREFIX: &str = "/memfd:";
@@ -106,11 +109,16 @@ fn record(file: &FileInfo<'_>) -> Result<MemfdData, Errno> {
 
 /// Size, seals and offset of a file already known to be a memfd named `name`:
 /// three cheap system calls, no `/proc` lookup, for the update's hot path.
+///
+/// The seals are read first: when they forbid growing and shrinking, the size
+/// read after them is final (seals are never removed), which lets
+/// [`MemfdHandler::freeze`] skip its `fstat`.
 fn snapshot(fd: BorrowedFd<'_>, name: String) -> Result<MemfdData, Errno> {
+    let seals = rustix::fs::fcntl_get_seals(fd)?.bits();
     let stat = rustix::fs::fstat(fd)?;
     Ok(MemfdData {
         size: size_of(&stat)?,
-        seals: rustix::fs::fcntl_get_seals(fd)?.bits(),
+        seals,
         name,
         offset: rustix::fs::tell(fd)?,
         frozen_size: None,
@@ -163,15 +171,22 @@ impl FileHandler for MemfdHandler {
 
     fn freeze(&self, fd: BorrowedFd<'_>, data: &mut Vec<u8>) -> Result<(), Errno> {
         // Size and offset, the two things a restore depends on: two system
-        // calls per file in the update's blackout. The seals stay as PREPARE
-        // recorded them (seals are only ever added, and a restore needs none).
+        // calls per file in the update's blackout, or one for a memfd sealed
+        // against growing and shrinking when its data was recorded (as QEMU
+        // seals guest memory by default): its size cannot have changed since.
+        // The seals stay as recorded (seals are only ever added, and a restore
+        // needs none).
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let size = size_of(&rustix::fs::fstat(fd)?)?;
-        let offset = rustix::fs::tell(fd)?;
         SCRATCH.with_borrow_mut(|scratch| {
             let mut now: MemfdDataRef<'_> = decode(COMPATIBLE, data)?;
+            let size = if SealFlags::from_bits_retain(now.seals).contains(SIZE_SEALS) {
+                now.size
+            } else {
+                size_of(&rustix::fs::fstat(fd)?)?
+            };
+            let offset = rustix::fs::tell(fd)?;
             (now.size, now.offset, now.frozen_size) = (size, offset, Some(size));
             scratch.clear();
             postcard::to_io(&(COMPATIBLE, &now), &mut *scratch).map_err(|_| Errno::INVAL)?;
@@ -311,6 +326,46 @@ mod tests {
         let seals = SealFlags::from_bits_retain(decoded(&data).seals);
         assert!(seals.contains(SealFlags::GROW | SealFlags::SHRINK));
         assert!(!seals.contains(SealFlags::WRITE));
+    }
+
+    /// A memfd sealed against resizing when PREPARE records it freezes at that
+    /// size without asking again; one resized before its seals, or sealed only
+    /// after PREPARE, freezes at the size it has then.
+    #[test]
+    fn frozen_size_follows_resizes_around_the_seals() {
+        // Resized, then sealed, then PREPARE: the recorded size is final.
+        let fd = guest_ram();
+        let seal = |fd: &OwnedFd| {
+            rustix::fs::fcntl_add_seals(fd, SealFlags::GROW | SealFlags::SHRINK).expect("seal");
+        };
+        let early = {
+            let mut data = MemfdHandler
+                .preserve(&crate::FileInfo::new(fd.as_fd()).expect("info"))
+                .expect("preserve");
+            rustix::fs::ftruncate(&fd, 8192).expect("grow");
+            seal(&fd);
+            MemfdHandler
+                .prepare(fd.as_fd(), &mut data)
+                .expect("prepare");
+            MemfdHandler.freeze(fd.as_fd(), &mut data).expect("freeze");
+            data
+        };
+        assert_eq!(decoded(&early).frozen_size, Some(8192));
+        MemfdHandler.retrieve(fd.as_fd(), &early).expect("retrieve");
+
+        // PREPARE, then resized, then sealed: the freeze looks again.
+        let fd = guest_ram();
+        let mut late = MemfdHandler
+            .preserve(&crate::FileInfo::new(fd.as_fd()).expect("info"))
+            .expect("preserve");
+        MemfdHandler
+            .prepare(fd.as_fd(), &mut late)
+            .expect("prepare");
+        rustix::fs::ftruncate(&fd, 8192).expect("grow");
+        seal(&fd);
+        MemfdHandler.freeze(fd.as_fd(), &mut late).expect("freeze");
+        assert_eq!(decoded(&late).frozen_size, Some(8192));
+        MemfdHandler.retrieve(fd.as_fd(), &late).expect("retrieve");
     }
 
     #[test]
