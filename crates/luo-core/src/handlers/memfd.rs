@@ -36,6 +36,11 @@ use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "memfd-v1";
 
+/// Room for any `memfd-v1` data this handler records: the tag, a name of at
+/// most 249 bytes (`memfd_create`'s limit), their lengths, and five numbers of
+/// at most ten bytes each.
+const FROZEN_DATA_MAX: usize = 512;
+
 /// Seals under which a memfd's size can never change.
 const SIZE_SEALS: SealFlags = SealFlags::GROW.union(SealFlags::SHRINK);
 
@@ -176,24 +181,26 @@ impl FileHandler for MemfdHandler {
         // seals guest memory by default): its size cannot have changed since.
         // The seals stay as recorded (seals are only ever added, and a restore
         // needs none).
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut now: MemfdDataRef<'_> = decode(COMPATIBLE, data)?;
-            let size = if SealFlags::from_bits_retain(now.seals).contains(SIZE_SEALS) {
-                now.size
-            } else {
-                size_of(&rustix::fs::fstat(fd)?)?
-            };
-            let offset = rustix::fs::tell(fd)?;
-            (now.size, now.offset, now.frozen_size) = (size, offset, Some(size));
-            scratch.clear();
-            postcard::to_io(&(COMPATIBLE, &now), &mut *scratch).map_err(|_| Errno::INVAL)?;
+        let mut now: MemfdDataRef<'_> = decode(COMPATIBLE, data)?;
+        let size = if SealFlags::from_bits_retain(now.seals).contains(SIZE_SEALS) {
+            now.size
+        } else {
+            size_of(&rustix::fs::fstat(fd)?)?
+        };
+        let offset = rustix::fs::tell(fd)?;
+        (now.size, now.offset, now.frozen_size) = (size, offset, Some(size));
+        // Encoded on the stack (`now` borrows the name from `data`), then
+        // copied over `data` in place: no allocation, unless a carried image
+        // named the file longer than any memfd name.
+        let mut buf = [0u8; FROZEN_DATA_MAX];
+        if let Ok(bytes) = postcard::to_slice(&(COMPATIBLE, &now), &mut buf) {
+            let len = bytes.len();
             data.clear();
-            data.extend_from_slice(scratch);
-            Ok(())
-        })
+            data.extend_from_slice(&buf[..len]);
+        } else {
+            *data = encode(COMPATIBLE, &now)?;
+        }
+        Ok(())
     }
 
     fn unfreeze(&self, _fd: BorrowedFd<'_>, data: &mut Vec<u8>) {
@@ -366,6 +373,25 @@ mod tests {
         MemfdHandler.freeze(fd.as_fd(), &mut late).expect("freeze");
         assert_eq!(decoded(&late).frozen_size, Some(8192));
         MemfdHandler.retrieve(fd.as_fd(), &late).expect("retrieve");
+    }
+
+    /// Data carried from elsewhere may name the file longer than a memfd name
+    /// can be: the freeze still records it whole.
+    #[test]
+    fn freeze_keeps_a_name_longer_than_its_buffer() {
+        let fd = guest_ram();
+        let long = MemfdData {
+            size: 1,
+            seals: 0,
+            name: "n".repeat(2 * FROZEN_DATA_MAX),
+            offset: 0,
+            frozen_size: None,
+        };
+        let mut data = encode(COMPATIBLE, &long).expect("encode");
+        MemfdHandler.freeze(fd.as_fd(), &mut data).expect("freeze");
+        let frozen = decoded(&data);
+        assert_eq!(frozen.name, long.name);
+        assert_eq!(frozen.frozen_size, Some((CONTENT.len() + 4096) as u64));
     }
 
     #[test]
