@@ -859,6 +859,39 @@ impl Orchestrator {
             return Err(HandoverFailure { error, fds });
         }
         let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+        let take = |i: usize| slots.get_mut(i).and_then(Option::take);
+        Ok(Self::build(image, take, registry, limits)
+            .expect("check_handover proved every fd there"))
+    }
+
+    /// [`from_handover_view`](Self::from_handover_view) for fds still arriving:
+    /// `fd(i)` returns the fd of index `i`, waiting for it as long as it takes,
+    /// or `None` if it never comes. The building overlaps the arrival (a
+    /// live update's new epoch receives the fds on another thread).
+    ///
+    /// # Errors
+    /// `EIO` ([`Error::Handover`]) for an image that does not fit `fd_count` fds
+    /// or the registry, before any `fd` call (so every fd is still the
+    /// caller's), or for an fd that never came.
+    pub fn from_handover_view_arriving(
+        image: &HandoverRef<'_>,
+        fd_count: usize,
+        fd: impl FnMut(usize) -> Option<OwnedFd>,
+        registry: HandlerRegistry,
+        limits: Limits,
+    ) -> Result<Self> {
+        Self::check_handover(image, fd_count, &registry)?;
+        Self::build(image, fd, registry, limits)
+    }
+
+    /// The orchestrator of an image [`check_handover`](Self::check_handover)
+    /// accepted, each file with the fd `fd(fd_index)` gives.
+    fn build(
+        image: &HandoverRef<'_>,
+        mut fd: impl FnMut(usize) -> Option<OwnedFd>,
+        registry: HandlerRegistry,
+        limits: Limits,
+    ) -> Result<Self> {
         let mut o = Orchestrator::new(registry, limits);
         o.state = State::Updated;
         o.epoch = image.epoch;
@@ -873,12 +906,12 @@ impl Orchestrator {
             s.incoming = true;
             s.files.reserve_exact(si.files.len());
             for fi in &si.files {
-                // check_handover proved every index valid and unique, and every
-                // handler registered.
-                let (Some(fd), Some(handler)) = (
-                    slots.get_mut(fi.fd_index as usize).and_then(Option::take),
-                    o.registry.by_compatible(fi.compatible).cloned(),
-                ) else {
+                let Some(fd) = fd(fi.fd_index as usize) else {
+                    let msg = format!("fd index {} never arrived", fi.fd_index);
+                    return Err(crate::handover::HandoverError::Invalid(msg).into());
+                };
+                // check_handover proved every handler registered.
+                let Some(handler) = o.registry.by_compatible(fi.compatible).cloned() else {
                     unreachable!("checked by check_handover");
                 };
                 s.files.push(PreservedFile {

@@ -368,3 +368,65 @@ fn a_carried_file_that_fails_its_check_is_refused_alone() {
     let err = o.restore_fd(id, 3, ROOT).expect_err("carried twice");
     assert_eq!(err.errno(), luo_uapi::Errno::IO);
 }
+
+/// Building from fds that arrive while it builds: each file gets the fd of
+/// its index, an image that does not fit is refused before any fd is asked
+/// for, and an fd that never comes is an error rather than a hole.
+#[test]
+fn an_epoch_builds_from_fds_as_they_arrive() {
+    let (old, image, fds) = carried((0..6).map(|_| memfd()).collect());
+    drop(old);
+    let inodes: Vec<u64> = fds.iter().map(ino).collect();
+    let view = image.view();
+
+    let mut slots: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut asked = Vec::new();
+    let o = Orchestrator::from_handover_view_arriving(
+        &view,
+        slots.len(),
+        |i| {
+            asked.push(i);
+            slots.get_mut(i).and_then(Option::take)
+        },
+        registry(),
+        Limits::default(),
+    )
+    .expect("built");
+    assert_eq!(
+        asked,
+        (0..6).collect::<Vec<_>>(),
+        "in index order, once each"
+    );
+    let built: Vec<u64> = o
+        .sessions()
+        .flat_map(|s| s.files())
+        .map(|f| rustix::fs::fstat(f.fd()).expect("fstat").st_ino)
+        .collect();
+    assert_eq!(built, inodes);
+
+    let mut called = false;
+    let refused = Orchestrator::from_handover_view_arriving(
+        &view,
+        5,
+        |_| {
+            called = true;
+            None
+        },
+        registry(),
+        Limits::default(),
+    );
+    assert!(refused.is_err(), "5 fds for an image of 6 files");
+    assert!(!called, "refused before taking any fd");
+
+    let spare: Vec<std::os::fd::OwnedFd> = (0..3).map(|_| memfd()).collect();
+    let mut spare = spare.into_iter();
+    let short = Orchestrator::from_handover_view_arriving(
+        &view,
+        6,
+        |_| spare.next(),
+        registry(),
+        Limits::default(),
+    );
+    let err = short.expect_err("the fourth fd never came");
+    assert_eq!(err.errno(), luo_uapi::Errno::IO);
+}

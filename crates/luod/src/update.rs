@@ -706,11 +706,16 @@ fn read_transfer_head(sock: BorrowedFd<'_>) -> Result<Transfer, String> {
     })
 }
 
-/// The transfer's `count` files, in order, after its first message.
-fn receive_files(sock: BorrowedFd<'_>, count: u64) -> Result<Vec<OwnedFd>, String> {
+/// The transfer's `count` files, in order, after its first message: each
+/// message's fds are sent on `batches` as they arrive.
+fn receive_files(
+    sock: BorrowedFd<'_>,
+    count: u64,
+    batches: &std::sync::mpsc::Sender<Vec<OwnedFd>>,
+) -> Result<(), String> {
     let mut buf = [0u8; 64];
-    let mut files = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
-    while (files.len() as u64) < count {
+    let mut received = 0u64;
+    while received < count {
         let (n, fds) = recv_fds(sock, &mut buf).map_err(|e| format!("files: {e}"))?;
         let said = buf
             .get(..4)
@@ -722,9 +727,38 @@ fn receive_files(sock: BorrowedFd<'_>, count: u64) -> Result<Vec<OwnedFd>, Strin
                 fds.len()
             ));
         }
-        files.extend(fds);
+        received += fds.len() as u64;
+        if batches.send(fds).is_err() {
+            // Nobody wants them any more: the resume has failed already.
+            return Ok(());
+        }
     }
-    Ok(files)
+    Ok(())
+}
+
+/// The fds of a transfer as they arrive from [`receive_files`], by index.
+struct Arriving {
+    batches: std::sync::mpsc::Receiver<Vec<OwnedFd>>,
+    fds: Vec<Option<OwnedFd>>,
+}
+
+impl Arriving {
+    /// The fd of index `i`, waiting for it; `None` when the transfer ended
+    /// before it.
+    fn take(&mut self, i: usize) -> Option<OwnedFd> {
+        while self.fds.len() <= i {
+            let batch = self.batches.recv().ok()?;
+            self.fds.extend(batch.into_iter().map(Some));
+        }
+        self.fds[i].take()
+    }
+
+    /// Every fd not taken, once the transfer has ended.
+    fn rest(self) -> Vec<OwnedFd> {
+        let mut rest: Vec<OwnedFd> = self.fds.into_iter().flatten().collect();
+        rest.extend(self.batches.iter().flatten());
+        rest
+    }
 }
 
 fn read_image(fd: BorrowedFd<'_>) -> Result<Vec<u8>, String> {
@@ -791,49 +825,63 @@ pub(crate) fn resume(registry: HandlerRegistry, limits: Limits) -> Result<Resume
         .map_err(|e| ResumeError::Transfer(format!("standard input: {e}")))?;
     let mut t = read_transfer_head(stdin.as_fd()).map_err(ResumeError::Transfer)?;
     // The files arrive on a thread of their own while this one reads and
-    // decodes the image: the two take about as long, and need not add up.
+    // decodes the image and builds the epoch from it, taking each file's fd
+    // as it comes: the steps overlap instead of adding up.
     let count = t.header.files;
+    let (batches_tx, batches) = std::sync::mpsc::channel();
     let receiver = std::thread::Builder::new()
         .name("luod-receive".into())
-        .spawn(move || receive_files(stdin.as_fd(), count))
+        .spawn(move || receive_files(stdin.as_fd(), count, &batches_tx))
         .map_err(|e| ResumeError::Transfer(format!("cannot start receiving: {e}")))?;
+    let mut arriving = Arriving {
+        batches,
+        fds: Vec::with_capacity(usize::try_from(count).unwrap_or_default()),
+    };
     // Standard input was the transfer; from now on it is nothing.
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = rustix::stdio::dup2_stdin(&null);
     }
     let bytes = read_image(t.image_fd.as_fd());
-    // Decoding checks the structure; from_handover checks that every file
-    // fits its handler, and leaves the per-fd checks for after the epoch
-    // serves (`Orchestrator::settle`). The image is read as a view borrowing
+    // Decoding checks the structure; building checks that every file fits
+    // its handler, and leaves the per-fd checks for after the epoch serves
+    // (`Orchestrator::settle`). The image is read as a view borrowing
     // `bytes`: each file's data is copied once, into the file it belongs to.
-    let image = bytes.as_deref().map_err(Clone::clone).and_then(|b| {
+    let built = bytes.as_deref().map_err(Clone::clone).and_then(|b| {
         if std::env::var_os(FAIL_RESUME_ENV).is_some() {
             return Err(format!("{FAIL_RESUME_ENV} is set"));
         }
-        decode(b)
+        let image = decode(b)?;
+        Orchestrator::from_handover_view_arriving(
+            &image,
+            usize::try_from(count).unwrap_or(usize::MAX),
+            |i| arriving.take(i),
+            registry.clone(),
+            limits,
+        )
+        .map_err(|e| chain(&e))
     });
-    t.files = receiver
+    // Whatever was not taken: every fd when nothing was built, to roll back
+    // with. Waits for the transfer to end.
+    t.files = arriving.rest();
+    receiver
         .join()
         .map_err(|_| ResumeError::Transfer("the receiving thread panicked".into()))?
         .map_err(ResumeError::Transfer)?;
     tracing::info!(
-        files = t.files.len(),
+        files = count,
         since_ms = ms_since(t.header.started_ns),
         "resume: transfer received"
     );
-    let loaded = image.and_then(|image| {
-        let files = std::mem::take(&mut t.files);
-        match Orchestrator::from_handover_view(&image, files, registry.clone(), limits) {
-            Ok(orch) => Ok(orch),
-            Err(failure) => {
-                // The fds come back untouched: the rollback carries them on.
-                t.files = failure.fds;
-                Err(chain(&failure.error))
+    let loaded = match (built, bytes) {
+        (Ok(orch), Ok(bytes)) => {
+            if !t.files.is_empty() {
+                return Err(ResumeError::Transfer(format!(
+                    "{} fds more than the image has files",
+                    t.files.len()
+                )));
             }
+            Ok((bytes, orch))
         }
-    });
-    let loaded = match (loaded, bytes) {
-        (Ok(orch), Ok(bytes)) => Ok((bytes, orch)),
         (Err(reason), _) | (Ok(_), Err(reason)) => Err(reason),
     };
     match loaded {
