@@ -35,27 +35,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
     cfg.exec_prefix = exec_prefix;
     init_logging();
     if cfg.check_handover {
-        // Tells a daemon waiting for this child (see `update::keep_standby`)
-        // that its exec is complete, before the image is read.
-        println!("{}", crate::update::CHECK_STARTED);
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        return match crate::update::check_handover() {
-            Ok((proof, bytes)) => {
-                println!("{proof}");
-                // The full listing is for a person; the dry run reads only the
-                // proof, and printing 100k lines would lengthen the blackout.
-                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                    if let Ok(image) = luo_core::Handover::decode(&bytes) {
-                        println!("{}", image.dump());
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("luod: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return check_handover();
     }
     let served = Daemon::start(cfg)
         .map_err(|e| crate::control::chain(&e))
@@ -64,6 +44,42 @@ pub fn main(args: impl IntoIterator<Item = OsString>, exec_prefix: Vec<OsString>
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            eprintln!("luod: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `luod --check-handover`: the dry run of a live update. Its standard output
+/// is read by the daemon that started it; if nobody reads it any more, that is
+/// a failed check, not a panic.
+fn check_handover() -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    // Tells a daemon waiting for this child (see `update::keep_standby`) that
+    // its exec is complete, before the image is read.
+    if writeln!(out, "{}", crate::update::CHECK_STARTED)
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    match crate::update::check_handover() {
+        Ok((proof, bytes)) => {
+            let mut said = writeln!(out, "{proof}");
+            // The full listing is for a person; the dry run reads only the
+            // proof, and printing 100k lines would lengthen the blackout.
+            if std::io::IsTerminal::is_terminal(&out) {
+                if let Ok(image) = luo_core::Handover::decode(&bytes) {
+                    said = said.and_then(|()| writeln!(out, "{}", image.dump()));
+                }
+            }
+            match said.and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
             eprintln!("luod: {e}");
             ExitCode::FAILURE
         }

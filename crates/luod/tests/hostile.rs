@@ -481,3 +481,22 @@ fn requests_sent_without_waiting_are_all_answered_in_order() {
         .sum::<usize>();
     assert_eq!(files_in_status, N as usize);
 }
+
+/// The dry run's child writes its verdict to standard output; when nobody
+/// reads it any more, the check fails with an exit status, not a panic.
+#[test]
+fn a_dry_run_whose_output_is_closed_fails_quietly() {
+    use std::process::{Command, Stdio};
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    drop(read);
+    let out = Command::new(LUOD)
+        .arg("--check-handover")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run luod");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
