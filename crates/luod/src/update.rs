@@ -9,7 +9,8 @@
 //!                    while the dry run's child reads the image on the other CPU
 //!                  5 execve(NEW --resume), the socketpair as stdin ─ fails ─▶ thaw, error
 //!                    (exec closes every old handle: clients see them go stale)
-//!                  6 NEW reads the queue, rebuilds, serves in UPDATED, answers luoctl
+//!                  6 NEW reads the queue on one thread while it decodes the image and
+//!                    rebuilds on another, serves in UPDATED, answers luoctl
 //!                    └ cannot rebuild ─▶ re-exec OLD with the same queue; OLD serves
 //!                                        the same sessions and reports the failure
 //! ```
