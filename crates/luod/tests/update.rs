@@ -595,3 +595,22 @@ fn the_dry_run_waits_from_prepare_and_goes_with_it() {
     );
     wait_dry_runs(&d, 0, "after the update");
 }
+
+/// The dry run's child writes its verdict to standard output; when nobody
+/// reads it any more, the check fails with an exit status, not a panic.
+#[test]
+fn a_dry_run_whose_output_is_closed_fails_quietly() {
+    use std::process::{Command, Stdio};
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    drop(read);
+    let out = Command::new(common::LUOD)
+        .arg("--check-handover")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run luod");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
