@@ -10,7 +10,9 @@
 //!
 //! - `preserve` and `prepare` record size, seals, name and the file offset.
 //! - `freeze` records size and offset once more and sets `frozen_size`: from
-//!   here on the file is meant to stay as it is. (Seals stay as PREPARE saw
+//!   here on the file is meant to stay as it is. A memfd whose recorded seals
+//!   forbid growing and shrinking keeps its recorded size without asking again
+//!   (one system call per file in the update's blackout instead of two). (Seals stay as PREPARE saw
 //!   them: they can only be added, and a restore needs none.)
 //! - `unfreeze` and `cancel` clear `frozen_size`; the client may change the file
 //!   again and the next freeze records it anew.
