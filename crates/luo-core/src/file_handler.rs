@@ -210,7 +210,7 @@ impl<'a> FileInfo<'a> {
             .get_or_init(|| crate::handlers::is_open_file(self.fd))
     }
 
-    /// Its `/proc/self/fd` link ("/memfd:ram (deleted)", "anon_inode:[eventfd]"),
+    /// Its `/proc/self/fd` link ("/memfd:ram (deleted)", "anon_inode:\[eventfd\]"),
     /// `None` without `/proc`.
     #[must_use]
     pub fn link(&self) -> Option<&str> {
@@ -260,7 +260,7 @@ impl<'a> FileInfo<'a> {
 /// Open what looking at files needs once, up front, so that the first
 /// PRESERVE_FD costs no more than the others and the process's fd set does not
 /// change under it: the `/proc/self/fdinfo` directory, the reusable fdinfo
-/// files ([`FDINFO_CACHED`] of them) and the anonymous inode's identity.
+/// files (`FDINFO_CACHED` of them) and the anonymous inode's identity.
 /// [`Orchestrator::new`](crate::Orchestrator::new) calls it.
 pub fn warm_up() {
     let _ = anon_inode();
