@@ -53,7 +53,7 @@ impl FileKey {
     pub fn of_info(file: &FileInfo<'_>) -> Self {
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         let (dev, ino) = (file.stat.st_dev as u64, file.stat.st_ino as u64);
-        let instance = if anon_inode() == Some((dev, ino)) {
+        let instance = if file.is_anon_inode() {
             anon_instance(file)
         } else {
             0
@@ -215,11 +215,7 @@ impl<'a> FileInfo<'a> {
     #[must_use]
     pub fn link(&self) -> Option<&str> {
         self.link
-            .get_or_init(|| {
-                let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-                let link = rustix::fs::readlinkat(rustix::fs::CWD, path, Vec::new()).ok()?;
-                Some(String::from_utf8_lossy(link.as_bytes()).into_owned())
-            })
+            .get_or_init(|| crate::handlers::fd_link(self.fd).ok())
             .as_deref()
     }
 

@@ -12,8 +12,8 @@
 //! - `freeze` records size and offset once more and sets `frozen_size`: from
 //!   here on the file is meant to stay as it is. A memfd whose recorded seals
 //!   forbid growing and shrinking keeps its recorded size without asking again
-//!   (one system call per file in the update's blackout instead of two). (Seals stay as PREPARE saw
-//!   them: they can only be added, and a restore needs none.)
+//!   (one system call per file in the update's blackout instead of two). Seals
+//!   stay as PREPARE saw them: they can only be added, and a restore needs none.
 //! - `unfreeze` and `cancel` clear `frozen_size`; the client may change the file
 //!   again and the next freeze records it anew.
 //! - `retrieve` hands back a new fd to the same open file description, with the
@@ -81,10 +81,24 @@ fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
     name_in_link(&fd_link(fd).ok()?)
 }
 
-fn is_memfd(file: &FileInfo<'_>) -> bool {
-    FileType::from_raw_mode(file.stat().st_mode) == FileType::RegularFile
-        && file.is_open()
-        && file.link().and_then(name_in_link).is_some()
+/// The memfd name of a file already looked at, or `None` when it is not a
+/// memfd (an open regular file whose link names one).
+fn memfd_name_of(file: &FileInfo<'_>) -> Option<String> {
+    let regular = FileType::from_raw_mode(file.stat().st_mode) == FileType::RegularFile;
+    if !regular || !file.is_open() {
+        return None;
+    }
+    file.link().and_then(name_in_link)
+}
+
+/// Whether `fd` is still shmem or hugetlbfs: `F_GET_SEALS` answers only for
+/// those. The one cheap check for the daemon's own reference, looked at
+/// fully when it was preserved: a `/proc` lookup per file would dominate an
+/// update's blackout with 100k files.
+fn still_shmem(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    rustix::fs::fcntl_get_seals(fd)
+        .map(drop)
+        .map_err(|_| Errno::INVAL)
 }
 
 /// [`MemfdData`] read and written in place: the same encoding, without
@@ -107,10 +121,7 @@ fn size_of(stat: &Stat) -> Result<u64, Errno> {
 
 /// The current state of the memfd `fd`, not frozen.
 fn record(file: &FileInfo<'_>) -> Result<MemfdData, Errno> {
-    if !is_memfd(file) {
-        return Err(Errno::INVAL);
-    }
-    let name = file.link().and_then(name_in_link).ok_or(Errno::INVAL)?;
+    let name = memfd_name_of(file).ok_or(Errno::INVAL)?;
     snapshot(file.fd(), name)
 }
 
@@ -164,7 +175,7 @@ impl FileHandler for MemfdHandler {
     }
 
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
-        is_memfd(file)
+        memfd_name_of(file).is_some()
     }
 
     fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
@@ -215,21 +226,13 @@ impl FileHandler for MemfdHandler {
 
     fn deserialize(&self, fd: Option<BorrowedFd<'_>>, data: &[u8]) -> Result<(), Errno> {
         decode::<MemfdDataRef<'_>>(COMPATIBLE, data)?;
-        if let Some(fd) = fd {
-            // The fd came from the previous epoch's own list, so one cheap check
-            // of its kind is enough; a /proc lookup per file would dominate the
-            // update's blackout with 100k files.
-            // F_GET_SEALS answers only for shmem and hugetlbfs files.
-            rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::INVAL)?;
-        }
-        Ok(())
+        // The fd came from the previous epoch's own list.
+        fd.map_or(Ok(()), still_shmem)
     }
 
     fn retrieve(&self, fd: BorrowedFd<'_>, data: &[u8]) -> Result<OwnedFd, Errno> {
         let recorded: MemfdData = decode(COMPATIBLE, data)?;
-        // The daemon's own reference, checked to be a memfd at preserve: one
-        // cheap check that it is still shmem is enough.
-        rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::INVAL)?;
+        still_shmem(fd)?;
         let stat = rustix::fs::fstat(fd)?;
         if let Some(frozen) = recorded.frozen_size {
             if size_of(&stat)? != frozen {

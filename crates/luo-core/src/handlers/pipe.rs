@@ -17,9 +17,9 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_uapi::Errno;
-use rustix::fs::{FileType, OFlags, Stat};
+use rustix::fs::{FileType, OFlags};
 
-use super::{decode, dup, encode, fd_link, is_open_file};
+use super::{decode, dup, encode, fd_link};
 use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "pipe-v1";
@@ -64,13 +64,13 @@ struct PipeData {
     direction: Direction,
 }
 
-fn is_pipe(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-    FileType::from_raw_mode(stat.st_mode) == FileType::Fifo && is_open_file(fd)
+fn is_pipe(file: &FileInfo<'_>) -> bool {
+    FileType::from_raw_mode(file.stat().st_mode) == FileType::Fifo && file.is_open()
 }
 
 /// Whether `fd` is still a pipe end in the direction `data` recorded.
 fn matches(fd: BorrowedFd<'_>, data: &PipeData) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|stat| is_pipe(fd, &stat))
+    FileInfo::new(fd).is_ok_and(|file| is_pipe(&file))
         && Direction::of(fd).is_ok_and(|d| d == data.direction)
 }
 
@@ -84,7 +84,7 @@ impl FileHandler for PipeHandler {
     }
 
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
-        FileType::from_raw_mode(file.stat().st_mode) == FileType::Fifo && file.is_open()
+        is_pipe(file)
     }
 
     fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {

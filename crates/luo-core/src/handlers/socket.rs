@@ -18,10 +18,10 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_uapi::Errno;
-use rustix::fs::{FileType, Stat};
+use rustix::fs::FileType;
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketType, sockopt};
 
-use super::{decode, dup, encode, is_open_file};
+use super::{decode, dup, encode};
 use crate::file_handler::{FileHandler, FileInfo};
 
 const COMPATIBLE: &str = "socket-v1";
@@ -45,8 +45,8 @@ struct SocketData {
     peer: Option<String>,
 }
 
-fn is_socket(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
-    FileType::from_raw_mode(stat.st_mode) == FileType::Socket && is_open_file(fd)
+fn is_socket(file: &FileInfo<'_>) -> bool {
+    FileType::from_raw_mode(file.stat().st_mode) == FileType::Socket && file.is_open()
 }
 
 /// An address as people write it: `127.0.0.1:80`, `[::1]:80`, a unix path,
@@ -101,10 +101,7 @@ fn record(fd: BorrowedFd<'_>) -> Result<SocketData, Errno> {
 
 /// Whether `fd` is still the socket `data` describes.
 fn matches(fd: BorrowedFd<'_>, data: &SocketData) -> bool {
-    let Ok(stat) = rustix::fs::fstat(fd) else {
-        return false;
-    };
-    is_socket(fd, &stat)
+    FileInfo::new(fd).is_ok_and(|file| is_socket(&file))
         && sockopt::socket_domain(fd).is_ok_and(|d| d.as_raw() == data.domain)
         && sockopt::socket_type(fd).is_ok_and(|t| t.as_raw() == data.sock_type)
 }
@@ -166,7 +163,7 @@ impl FileHandler for SocketHandler {
     }
 
     fn can_preserve(&self, file: &FileInfo<'_>) -> bool {
-        FileType::from_raw_mode(file.stat().st_mode) == FileType::Socket && file.is_open()
+        is_socket(file)
     }
 
     fn preserve(&self, file: &FileInfo<'_>) -> Result<Vec<u8>, Errno> {
