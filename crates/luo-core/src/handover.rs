@@ -23,11 +23,12 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::file_handler::HandlerRegistry;
+use crate::file_handler::{FileHandler, HandlerRegistry};
 
 /// The image's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"LUOHOVER";
@@ -237,12 +238,7 @@ impl<'a> HandoverRef<'a> {
     pub fn validate(&self, registry: &HandlerRegistry) -> Result<(), HandoverError> {
         for s in &self.sessions {
             for f in &s.files {
-                let h = registry.by_compatible(f.compatible).ok_or_else(|| {
-                    HandoverError::Invalid(format!(
-                        "no handler {:?} for token {:#x}",
-                        f.compatible, f.token
-                    ))
-                })?;
+                let h = f.handler(registry)?;
                 h.deserialize(None, f.data).map_err(|e| {
                     HandoverError::Invalid(format!(
                         "{} rejects token {:#x}: {e}",
@@ -291,6 +287,24 @@ impl<'a> HandoverRef<'a> {
                 })
                 .collect(),
         }
+    }
+}
+
+impl FileImageRef<'_> {
+    /// The handler the file names, from `registry`.
+    ///
+    /// # Errors
+    /// [`HandoverError::Invalid`] when none is registered under that name.
+    pub(crate) fn handler<'r>(
+        &self,
+        registry: &'r HandlerRegistry,
+    ) -> Result<&'r Arc<dyn FileHandler>, HandoverError> {
+        registry.by_compatible(self.compatible).ok_or_else(|| {
+            HandoverError::Invalid(format!(
+                "no handler {:?} for token {:#x}",
+                self.compatible, self.token
+            ))
+        })
     }
 }
 

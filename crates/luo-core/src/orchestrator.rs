@@ -594,7 +594,7 @@ impl Orchestrator {
         if file.restored {
             return Err(Error::AlreadyRestored(token));
         }
-        if file.key.is_none() && file.refused.is_none() {
+        if !file.settled() {
             settle_file(id, file, &mut self.preserved);
         }
         let fd = file.retrieve()?;
@@ -955,13 +955,7 @@ impl Orchestrator {
             // Each file's data is read by its handler in the deferred check
             // (`settle`), as it looks at the fd; the dry run of this binary
             // already read every one before the exec.
-            if registry.by_compatible(fi.compatible).is_none() {
-                return Err(H::Invalid(format!(
-                    "no handler {:?} for token {:#x}",
-                    fi.compatible, fi.token
-                ))
-                .into());
-            }
+            fi.handler(registry)?;
         }
         Ok(())
     }
@@ -987,7 +981,7 @@ impl Orchestrator {
             let mut finished = true;
             if let Some(s) = self.sessions.get_mut(&id) {
                 for file in &mut s.files {
-                    if file.key.is_some() || file.refused.is_some() {
+                    if file.settled() {
                         continue;
                     }
                     if done == budget {

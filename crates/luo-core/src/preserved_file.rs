@@ -82,6 +82,12 @@ impl PreservedFile {
         }
     }
 
+    /// Whether the deferred check of a carried file is done: it has its
+    /// identity, or was refused. Always true for a file preserved in this epoch.
+    pub(crate) fn settled(&self) -> bool {
+        self.key.is_some() || self.refused.is_some()
+    }
+
     pub(crate) fn retrieve(&self) -> Result<OwnedFd> {
         if let Some(errno) = self.refused {
             return Err(self.failed("retrieve", errno));
