@@ -215,6 +215,25 @@ impl Daemon {
             .context(|| format!("Cannot open the device at {}", self.socket.display()))
     }
 
+    /// A new session under each of `names`, created through one device handle.
+    ///
+    /// # Errors
+    /// [`Error::Luo`] for a device that will not open or a session refused.
+    pub fn sessions(
+        &self,
+        names: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<luo::Session>> {
+        let dev = self.device()?;
+        names
+            .into_iter()
+            .map(|n| {
+                let n = n.as_ref();
+                dev.create_session(n)
+                    .context(|| format!("Cannot create session {n}"))
+            })
+            .collect()
+    }
+
     /// The daemon's memory now.
     ///
     /// # Errors

@@ -334,10 +334,21 @@ impl Luod {
 
     /// Poll `status` until `done` holds (the daemon sees a handle's last close
     /// asynchronously); panics after [`SETTLE_DEADLINE`] with the last status.
-    pub fn wait_for_status(&self, what: &str, mut done: impl FnMut(&Status) -> bool) -> Status {
+    pub fn wait_for_status(&self, what: &str, done: impl FnMut(&Status) -> bool) -> Status {
+        self.wait_for(what, || self.status(), done)
+    }
+
+    /// [`wait_for_status`](Self::wait_for_status) with the status from `poll`
+    /// (`luoctl status --json`, say).
+    pub fn wait_for(
+        &self,
+        what: &str,
+        mut poll: impl FnMut() -> Status,
+        mut done: impl FnMut(&Status) -> bool,
+    ) -> Status {
         let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
         loop {
-            let status = self.status();
+            let status = poll();
             if done(&status) {
                 return status;
             }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// `luod`: serves LUO sessions over a unix socket and carries them across live
-/// updates by re-executing itself.
 /// `--max-connections` when not given.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// `luod`: serves LUO sessions over a unix socket and carries them across live
+/// updates by re-executing itself.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "luod", version, about, long_about = None)]
 pub struct Config {

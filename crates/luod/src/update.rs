@@ -150,6 +150,14 @@ fn now_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
+/// The reply to an update whose dry run of `target` failed (SPEC §7 step 3).
+fn dry_run_failed(target: &Path, why: &str) -> Box<ControlReply> {
+    failed(
+        Errno::NOEXEC,
+        format!("Dry run of {} failed: {why}", target.display()),
+    )
+}
+
 fn failed(errno: Errno, msg: impl Into<String>) -> Box<ControlReply> {
     let msg = msg.into();
     tracing::warn!(%errno, "update failed: {msg}");
@@ -196,12 +204,7 @@ pub(crate) fn update(
     let (dry_run, early) = match d.standby.take().filter(|s| s.runs(&target)) {
         Some(standby) => (standby.dry_run, true),
         None => (
-            DryRun::start(&target, &prefix).map_err(|why| {
-                failed(
-                    Errno::NOEXEC,
-                    format!("Dry run of {} failed: {why}", target.display()),
-                )
-            })?,
+            DryRun::start(&target, &prefix).map_err(|why| dry_run_failed(&target, &why))?,
             false,
         ),
     };
@@ -310,12 +313,6 @@ fn hand_over(
         "live update: frozen and serialized; dry run of {}",
         target.display()
     );
-    let dry_run_failed = |why: String| {
-        failed(
-            Errno::NOEXEC,
-            format!("Dry run of {} failed: {why}", target.display()),
-        )
-    };
     // The child decodes the image while this process queues the fds: the two
     // steps overlap instead of adding up. Nothing is committed until it answers.
     dry_run.feed(bytes.clone());
@@ -373,7 +370,7 @@ fn hand_over(
     );
     dry_run
         .finish(&check_proof(image.epoch, image.sessions.len(), files.len()))
-        .map_err(dry_run_failed)?;
+        .map_err(|why| dry_run_failed(target, &why))?;
     let mut args = prefix.to_vec();
     args.extend(resume_args(&d.cfg));
     tracing::info!(exe = %target.display(), since_ms = ms_since(started_ns), "live update: dry run passed; exec");

@@ -14,20 +14,8 @@ use luo::{Event, State};
 use luo_wire::control::{ControlRequest, Status};
 
 /// Poll `luoctl status --json` until `done` holds.
-fn wait_for_luoctl(d: &Luod, what: &str, mut done: impl FnMut(&Status) -> bool) -> Status {
-    let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
-    loop {
-        let status = d.luoctl_status();
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not reached; last status {status:#?}\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+fn wait_for_luoctl(d: &Luod, what: &str, done: impl FnMut(&Status) -> bool) -> Status {
+    d.wait_for(what, || d.luoctl_status(), done)
 }
 
 /// `sleep 600` with `stdin`: a process that holds whatever it was given until

@@ -238,16 +238,7 @@ fn files_in(i: usize, files: usize, sessions: usize) -> usize {
 fn measure(size: Size, kind: Kind) -> Result<Measured> {
     let mut d = Daemon::start(&[])?;
     let names = names(size.sessions);
-    let mut sessions = {
-        let dev = d.device()?;
-        names
-            .iter()
-            .map(|n| {
-                dev.create_session(n)
-                    .context(|| format!("Cannot create session {n}"))
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
+    let mut sessions = d.sessions(&names)?;
     crate::progress(&format!(
         "handover: preserving {} {}s in {} sessions",
         size.files,

@@ -129,46 +129,27 @@ fn measure(
     let mut pair = Vec::with_capacity(blocks * per_block);
     for block in 0..=blocks {
         // Block 0 warms every path up and is not kept.
-        let n = if block == 0 { warmup } else { per_block };
-        let keep = block > 0;
-        for _ in 0..n {
-            let t = Instant::now();
+        let (n, keep) = if block == 0 {
+            (warmup, false)
+        } else {
+            (per_block, true)
+        };
+        time(n, keep, &mut raw_fd, || raw.round_trip(fd))?;
+        time(n, keep, &mut raw_pair, || {
             raw.round_trip(fd)?;
-            let e = micros(t.elapsed());
-            if keep {
-                raw_fd.push(e);
-            }
-        }
-        for _ in 0..n {
-            let t = Instant::now();
-            raw.round_trip(fd)?;
-            raw.round_trip(None)?;
-            let e = micros(t.elapsed());
-            if keep {
-                raw_pair.push(e);
-            }
-        }
-        for _ in 0..n {
-            let t = Instant::now();
-            session.state().context(|| "GET_STATE".to_owned())?;
-            let e = micros(t.elapsed());
-            if keep {
-                get_state.push(e);
-            }
-        }
-        for _ in 0..n {
-            let t = Instant::now();
+            raw.round_trip(None)
+        })?;
+        time(n, keep, &mut get_state, || {
+            session.state().map(drop).context(|| "GET_STATE".to_owned())
+        })?;
+        time(n, keep, &mut pair, || {
             session
                 .preserve(efd, TOKEN)
                 .context(|| "PRESERVE_FD".to_owned())?;
             session
                 .unpreserve(TOKEN)
-                .context(|| "UNPRESERVE_FD".to_owned())?;
-            let e = micros(t.elapsed());
-            if keep {
-                pair.push(e);
-            }
-        }
+                .context(|| "UNPRESERVE_FD".to_owned())
+        })?;
     }
     Ok(Summaries {
         raw_fd: Summary::of(&raw_fd),
@@ -176,4 +157,23 @@ fn measure(
         get_state: Summary::of(&get_state),
         pair: Summary::of(&pair),
     })
+}
+
+/// Run `op` `n` times, one call at a time, and push each call's time (us) to
+/// `samples` when `keep`.
+fn time(
+    n: usize,
+    keep: bool,
+    samples: &mut Vec<f64>,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    for _ in 0..n {
+        let t = Instant::now();
+        op()?;
+        let e = micros(t.elapsed());
+        if keep {
+            samples.push(e);
+        }
+    }
+    Ok(())
 }

@@ -49,15 +49,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
     for kind in [Kind::Eventfd, Kind::Memfd] {
         let mut d = Daemon::start(&[])?;
         let idle = d.memory()?;
-        let handles = {
-            let dev = d.device()?;
-            (0..sessions)
-                .map(|i| {
-                    dev.create_session(&format!("m{i:03}"))
-                        .context(|| format!("Cannot create session m{i:03}"))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let handles = d.sessions((0..sessions).map(|i| format!("m{i:03}")))?;
         crate::progress(&format!("memory: preserving {files} {}s", kind.name()));
         for (i, s) in handles.iter().enumerate() {
             for token in 0..per_session as u64 {

@@ -13,6 +13,7 @@
 //!
 //! Target: at least 100 000 ops/s with 8 clients.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -39,15 +40,7 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
     let d = Daemon::start(&[])?;
     for clients in [1, 8, 64] {
         let per_client = pairs_per_round / clients;
-        let sessions = {
-            let dev = d.device()?;
-            (0..clients)
-                .map(|i| {
-                    dev.create_session(&format!("t{clients}-{i}"))
-                        .context(|| format!("Cannot create session t{clients}-{i}"))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let sessions = d.sessions((0..clients).map(|i| format!("t{clients}-{i}")))?;
         let mut raws = (0..clients)
             .map(|_| peer.connect())
             .collect::<Result<Vec<_>>>()?;
@@ -84,54 +77,43 @@ pub fn run(quick: bool, out: &mut Output<'_>) -> Result<()> {
 
 /// One round through luo; ops/s.
 fn luo_round(sessions: &[luo::Session], pairs: usize) -> Result<f64> {
-    // Made here, so that no thread can fail before the barrier.
-    let efds = (0..sessions.len())
-        .map(|_| eventfd())
-        .collect::<Result<Vec<_>>>()?;
-    let barrier = Barrier::new(sessions.len() + 1);
-    let (elapsed, results) = std::thread::scope(|scope| {
-        let workers: Vec<_> = sessions
-            .iter()
-            .zip(&efds)
-            .map(|(s, efd)| {
-                let barrier = &barrier;
-                scope.spawn(move || -> Result<()> {
-                    barrier.wait();
-                    for _ in 0..pairs {
-                        s.preserve(efd, TOKEN)
-                            .context(|| "PRESERVE_FD".to_owned())?;
-                        s.unpreserve(TOKEN).context(|| "UNPRESERVE_FD".to_owned())?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        let results: Vec<Result<()>> = workers.into_iter().map(join).collect();
-        (t0.elapsed(), results)
-    });
-    results.into_iter().collect::<Result<()>>()?;
-    Ok((2 * pairs * sessions.len()) as f64 / elapsed.as_secs_f64())
+    round(sessions.iter().collect(), pairs, |s, efd| {
+        s.preserve(efd, TOKEN)
+            .context(|| "PRESERVE_FD".to_owned())?;
+        s.unpreserve(TOKEN).context(|| "UNPRESERVE_FD".to_owned())
+    })
 }
 
 /// One round against the raw echo peer; ops/s.
 fn raw_round(clients: &mut [EchoClient], pairs: usize) -> Result<f64> {
+    round(clients.iter_mut().collect(), pairs, |c, efd| {
+        c.round_trip(Some(efd))?;
+        c.round_trip(None)
+    })
+}
+
+/// One round: each client on a thread of its own, with an eventfd of its own,
+/// does `pair` `pairs` times; the clock runs from their common release to the
+/// last one's end. Ops/s, 2 per pair.
+fn round<C: Send>(
+    clients: Vec<C>,
+    pairs: usize,
+    pair: impl Fn(&mut C, BorrowedFd<'_>) -> Result<()> + Sync,
+) -> Result<f64> {
     let n = clients.len();
+    // Made here, so that no thread can fail before the barrier.
     let efds = (0..n).map(|_| eventfd()).collect::<Result<Vec<_>>>()?;
     let barrier = Barrier::new(n + 1);
     let (elapsed, results) = std::thread::scope(|scope| {
         let workers: Vec<_> = clients
-            .iter_mut()
+            .into_iter()
             .zip(&efds)
-            .map(|(c, efd)| {
-                let barrier = &barrier;
+            .map(|(mut client, efd)| {
+                let (barrier, pair) = (&barrier, &pair);
                 scope.spawn(move || -> Result<()> {
-                    let fd = Some(std::os::fd::AsFd::as_fd(efd));
                     barrier.wait();
                     for _ in 0..pairs {
-                        c.round_trip(fd)?;
-                        c.round_trip(None)?;
+                        pair(&mut client, efd.as_fd())?;
                     }
                     Ok(())
                 })
