@@ -150,7 +150,8 @@ pub fn files_total(nofile: usize, max_connections: usize) -> usize {
 
 /// Raise RLIMIT_NOFILE (SPEC §9): to the kernel's ceiling (`fs.nr_open`) when
 /// allowed to (root), else to the hard limit. Returns the limit in force.
-fn raise_nofile() -> usize {
+#[must_use]
+pub fn raise_nofile() -> usize {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()

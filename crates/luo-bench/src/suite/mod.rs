@@ -81,34 +81,9 @@ impl Suite {
     }
 }
 
-/// Raise this process's RLIMIT_NOFILE as luod raises its own: to `fs.nr_open`
-/// when allowed (root), else to the hard limit. The handover suite holds 1k
-/// session handles and the memory suite's peak is higher still.
-pub fn raise_nofile() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let raised = ceiling.is_some_and(|c| {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(c),
-                maximum: Some(c),
-            },
-        )
-        .is_ok()
-    });
-    if !raised {
-        let mut lim = getrlimit(Resource::Nofile);
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-}
-
 /// How many fds this process (and the daemon, which inherits the limit) may
-/// have open: RLIMIT_NOFILE after [`raise_nofile`]. Without CAP_SYS_RESOURCE
-/// that is the hard limit the process was started with.
+/// have open: RLIMIT_NOFILE after [`luod::server::raise_nofile`]. Without
+/// CAP_SYS_RESOURCE that is the hard limit the process was started with.
 #[must_use]
 pub fn fd_limit() -> usize {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
