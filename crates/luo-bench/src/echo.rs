@@ -60,15 +60,21 @@ pub fn run_peer(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-fn serve(path: &Path, blocking: bool) -> Result<()> {
-    let listener = rustix::net::socket_with(
+/// A `SOCK_SEQPACKET` unix socket, and the address of `path`, for either end.
+fn seqpacket_at(path: &Path) -> Result<(OwnedFd, SocketAddrUnix)> {
+    let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )
-    .context(|| "Cannot create the echo socket".to_owned())?;
+    .context(|| "Cannot create a socket".to_owned())?;
     let addr = SocketAddrUnix::new(path).context(|| format!("Bad path {}", path.display()))?;
+    Ok((fd, addr))
+}
+
+fn serve(path: &Path, blocking: bool) -> Result<()> {
+    let (listener, addr) = seqpacket_at(path)?;
     rustix::net::bind(&listener, &addr).context(|| format!("Cannot bind {}", path.display()))?;
     rustix::net::listen(&listener, 128).context(|| "Cannot listen".to_owned())?;
     {
@@ -272,15 +278,7 @@ impl EchoPeer {
     /// # Errors
     /// [`Error::Os`] if it cannot connect.
     pub fn connect(&self) -> Result<EchoClient> {
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .context(|| "Cannot create a socket".to_owned())?;
-        let addr = SocketAddrUnix::new(self.path.as_path())
-            .context(|| format!("Bad path {}", self.path.display()))?;
+        let (fd, addr) = seqpacket_at(&self.path)?;
         rustix::net::connect(&fd, &addr)
             .context(|| "Cannot connect to the echo peer".to_owned())?;
         Ok(EchoClient {
